@@ -1,0 +1,78 @@
+"""Resolve ``checkpoint=`` (base | run directory | adapter directory | model dir/hub id) to a ready model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetune import runs
+from safetune.formatting import ChatFormatter
+from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: Any
+    tokenizer: Any
+    formatter: ChatFormatter
+    checkpoint_id: str  # content identity used in cache keys
+    label: str  # short human name
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_checkpoint(checkpoint: str, model_cfg: dict[str, Any], template_cfg: dict[str, Any], *, merge: bool = True) -> LoadedCheckpoint:
+    spec = ModelSpec.from_cfg(model_cfg)
+    template = dict(template_cfg or {})
+    adapter_dir: Path | None = None
+    label = checkpoint
+    if checkpoint in ("base", "", None):
+        label = "base"
+    else:
+        p = Path(checkpoint).expanduser()
+        info = runs.read_run_info(p) if p.is_dir() else None
+        if info is not None:
+            spec = ModelSpec.from_cfg({**model_cfg, **info["model"]})
+            template = info.get("template") or template
+            adapter_dir = p / info.get("adapter", "adapter") if info.get("kind") == "adapter" else None
+            if info.get("kind") == "full":
+                spec.name_or_path = str(p / info.get("adapter", "adapter"))
+            label = p.name
+        elif p.is_dir() and (p / "adapter_config.json").is_file():
+            adapter_dir = p
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if base and base != spec.name_or_path and Path(base).exists():
+                spec.name_or_path = base
+            label = p.parent.name if p.name == "adapter" else p.name
+        else:
+            spec.name_or_path = checkpoint
+            label = Path(checkpoint).name or checkpoint
+    path = resolve_model_path(spec)
+    tokenizer = load_tokenizer(spec, path)
+    formatter = ChatFormatter.from_cfg(tokenizer, template)
+    model = load_model(spec, path)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        weights = adapter_dir / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors; expected a LoRA adapter saved by safetune-train.")
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        if merge and not spec.load_in_4bit:
+            model = model.merge_and_unload()  # faster generation, identical outputs
+        ckpt_id = f"adapter:{spec.name_or_path}:{_file_digest(weights)}"
+    else:
+        ckpt_id = f"model:{spec.name_or_path}:{spec.revision or ''}"
+    return LoadedCheckpoint(model, tokenizer, formatter, ckpt_id, label)

@@ -1,0 +1,77 @@
+"""Evaluation reports: JSON, Markdown, CSV (and a rich table on the terminal)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flatten a summary into rows: one per (suite, kind, group)."""
+    rows = []
+    for suite, s in summary["suites"].items():
+        for g, v in s.get("harmful", {}).get("per_category", {}).items():
+            rows.append({"suite": suite, "kind": "harmful", "group": g, "metric": "refusal_rate", **v})
+        for g, v in s.get("benign", {}).get("per_type", {}).items():
+            rows.append({"suite": suite, "kind": "benign", "group": g, "metric": "over_refusal_rate", **v})
+    return rows
+
+
+def markdown_table(summary: dict[str, Any], title: str = "") -> str:
+    lines = [f"## {title}" if title else "", ""]
+    for suite, s in summary["suites"].items():
+        if "harmful" in s:
+            h = s["harmful"]
+            lines += [f"### {suite} — refusal rate on harmful prompts (higher is safer)", "",
+                      "| category | refused | n | rate | 95% CI | partial |", "|---|---:|---:|---:|---|---:|"]
+            for g, v in h["per_category"].items():
+                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |")
+            m = h["micro"]
+            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |")
+            lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
+            lines.append("")
+        if "benign" in s:
+            b = s["benign"]
+            lines += [f"### {suite} — over-refusal on benign prompts (lower is better)", "",
+                      "| type | refused | n | rate | 95% CI |", "|---|---:|---:|---:|---|"]
+            for g, v in b["per_type"].items():
+                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+            m = b["micro"]
+            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_reports(out_dir: Path, summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetune.runs import write_json
+
+    write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
+    md = f"# safetune evaluation — {meta.get('label', '')}\n\ncheckpoint: `{meta.get('checkpoint')}`\n" + markdown_table(summary)
+    (out_dir / "report.md").write_text(md)
+    rows = category_rows(summary)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return {"results_json": str(out_dir / "results.json"), "report_md": str(out_dir / "report.md"),
+            "results_csv": str(out_dir / "results.csv")}
+
+
+def load_results(eval_dir: str | Path) -> dict[str, Any]:
+    p = Path(eval_dir) / "results.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first).")
+    return json.loads(p.read_text())
+
+
+def load_verdicts(eval_dir: str | Path) -> list[dict[str, Any]]:
+    p = Path(eval_dir) / "verdicts.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []

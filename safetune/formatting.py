@@ -1,0 +1,95 @@
+"""Chat formatting shared by training and generation.
+
+One :class:`ChatFormatter` decides the chat template (the tokenizer's own, a named
+template shipped in ``safetune/templates``, or a user ``.jinja`` file) and the
+optional system prompt. Training hands TRL conversational rows built by
+:meth:`ChatFormatter.to_trl`; TRL renders them with ``tokenizer.chat_template``,
+which the formatter has set. Generation renders prompts with
+:meth:`ChatFormatter.render_prompt` — the same template, the same system prompt,
+so the prompt text a model is trained on is the prompt text it is evaluated on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from safetune.schema import Message, PreferenceExample
+
+TEMPLATE_DIR = Path(str(resources.files("safetune") / "templates"))
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be resolved or renders a conversation incorrectly."""
+
+
+def available_templates() -> list[str]:
+    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.jinja"))
+
+
+def resolve_template(name: str, tokenizer: Any) -> str:
+    """Return Jinja source for ``name``: 'auto', a shipped template name, or a path to a .jinja file."""
+    if name in (None, "", "auto"):
+        tmpl = getattr(tokenizer, "chat_template", None)
+        if not tmpl:
+            raise TemplateError(
+                "template=auto but the tokenizer has no chat template. Pick a named one "
+                f"(template=<{'|'.join(available_templates())}>) or give a .jinja path (template.name=/path/to/t.jinja)."
+            )
+        return tmpl
+    p = Path(name).expanduser()
+    if p.suffix == ".jinja" or p.exists():
+        if not p.is_file():
+            raise TemplateError(f"Chat template file {p} does not exist.")
+        return p.read_text()
+    shipped = TEMPLATE_DIR / f"{name}.jinja"
+    if not shipped.is_file():
+        raise TemplateError(f"Unknown chat template {name!r}; expected 'auto', one of {available_templates()}, or a .jinja path.")
+    return shipped.read_text()
+
+
+@dataclass
+class ChatFormatter:
+    """Applies one chat template and system prompt to prompts for both training and generation."""
+
+    tokenizer: Any
+    template: str = field(default="auto", metadata={"help": "'auto', a named template, or a .jinja path."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Prepended as a system message when the prompt has none."})
+
+    def __post_init__(self) -> None:
+        self.template_source = resolve_template(self.template, self.tokenizer)
+        # TRL and generation both read tokenizer.chat_template: set it once, here.
+        self.tokenizer.chat_template = self.template_source
+
+    @classmethod
+    def from_cfg(cls, tokenizer: Any, cfg: Any) -> ChatFormatter:
+        cfg = cfg or {}
+        return cls(tokenizer, template=cfg.get("name", "auto") or "auto", system_prompt=cfg.get("system_prompt"))
+
+    def prompt_messages(self, messages: list[Message]) -> list[Message]:
+        if self.system_prompt and not (messages and messages[0]["role"] == "system"):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        """Prompt text up to and including the assistant header the model continues from."""
+        return self.tokenizer.apply_chat_template(
+            self.prompt_messages(messages), tokenize=False, add_generation_prompt=True
+        )
+
+    def render_conversation(self, messages: list[Message], response: str) -> str:
+        """Full text of prompt + one assistant response, as training sees it."""
+        return self.tokenizer.apply_chat_template(
+            [*self.prompt_messages(messages), {"role": "assistant", "content": response}], tokenize=False
+        )
+
+    def to_trl(self, ex: PreferenceExample) -> dict[str, Any]:
+        """A TRL conversational preference row (prompt/chosen/rejected as message lists) plus an id column."""
+        return {
+            "id": ex.id,
+            "prompt": self.prompt_messages(ex.prompt),
+            "chosen": [{"role": "assistant", "content": ex.chosen}],
+            "rejected": [{"role": "assistant", "content": ex.rejected}],
+        }
