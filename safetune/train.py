@@ -46,6 +46,22 @@ def to_container(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def _on_disk(ds: Any, path: Path) -> Any:
+    """Rank 0 saves the dataset into the run dir and every rank loads it from there.
+
+    In-memory datasets keep their map() caches in a per-process temp dir, so TRL's precomputed
+    reference log-probs (written by rank 0) would be invisible to the other ranks under DDP.
+    """
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    state = PartialState()
+    if state.is_main_process:
+        ds.save_to_disk(str(path))
+    state.wait_for_everyone()
+    return load_from_disk(str(path))
+
+
 def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build data, tokenizer, model, LoRA and DPOConfig from ``cfg``; train; save the run directory."""
     from accelerate import PartialState
@@ -77,8 +93,10 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model_path = model_path or resolve_model_path(spec)
     tokenizer = load_tokenizer(spec, model_path)
     formatter = ChatFormatter.from_cfg(tokenizer, to_container(cfg.template))
-    train_ds = Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train])
-    eval_ds = Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]) if bundle.eval else None
+    train_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train")
+    eval_ds = None
+    if bundle.eval:
+        eval_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval")
 
     model = load_model(spec, model_path)
     peft_config = lora_config(to_container(cfg.peft), getattr(model.config, "num_hidden_layers", None))
@@ -114,6 +132,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer.save_model(str(adapter_dir))  # rank 0 writes (Trainer guards it)
     state.wait_for_everyone()
     if main:
+        (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
         tokenizer.save_pretrained(str(adapter_dir))
         runs.write_json(run_dir / "log_history.json", history)
         runs.write_json(run_dir / "metrics.json", metrics)
@@ -124,6 +143,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "adapter": "adapter",
             "name": cfg.name,
             "data_content_hash": bundle.manifest["content_hash"],
+            "world_size": state.num_processes,
         })
         log.info("Run directory: %s", run_dir)
     artifacts = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir)}
