@@ -54,8 +54,13 @@ def dedup(examples: list[PreferenceExample]) -> tuple[list[PreferenceExample], i
     seen: set[str] = set()
     out = []
     for ex in examples:
-        key = content_hash([normalise_text(" ".join(m["content"] for m in ex.prompt)), normalise_text(ex.chosen),
-                            normalise_text(ex.rejected)])
+        key = content_hash(
+            [
+                normalise_text(" ".join(m["content"] for m in ex.prompt)),
+                normalise_text(ex.chosen),
+                normalise_text(ex.rejected),
+            ]
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -99,11 +104,20 @@ def build_preference_data(data_cfg: Any) -> DataBundle:
             # weight scales the source relative to its size (0.5 = half the rows, 2.0 = each row twice)
             n = round(loaded * float(weight))
             rows = [rows[i % loaded] for i in rng.sample(range(loaded), min(n, loaded))] + (
-                [rows[i % loaded] for i in range(n - loaded)] if n > loaded else [])
+                [rows[i % loaded] for i in range(n - loaded)] if n > loaded else []
+            )
         if max_rows is not None and len(rows) > int(max_rows):
             rows = rng.sample(rows, int(max_rows))
-        per_source.append({"name": name, "loader": src.get("loader", "triplets"), "path": src.get("path"),
-                           "loaded": loaded, "used": len(rows), "content_hash": content_hash([r.to_dict() for r in rows])})
+        per_source.append(
+            {
+                "name": name,
+                "loader": src.get("loader", "triplets"),
+                "path": src.get("path"),
+                "loaded": loaded,
+                "used": len(rows),
+                "content_hash": content_hash([r.to_dict() for r in rows]),
+            }
+        )
         mixed.extend(rows)
     n_dups = 0
     if cfg.get("dedup", True):
