@@ -394,7 +394,9 @@ def validate_bundle(bundle: DataBundle, data_cfg: Any = None) -> ValidationRepor
 
 def validate_config(data_cfg: Any) -> tuple[DataBundle, ValidationReport]:
     """Load the configured sources without stopping at bad rows, then validate everything."""
-    bundle = build_preference_data(data_cfg, on_error="collect")
+    cfg = dict(to_plain(data_cfg))
+    cfg["dedup"] = False  # report duplicates instead of silently dropping them
+    bundle = build_preference_data(cfg, on_error="collect")
     return bundle, validate_bundle(bundle, data_cfg)
 
 
