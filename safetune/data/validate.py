@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "min_chars": 20,  # responses shorter than this are flagged
     "length_bias": 0.85,  # warn when chosen is longer (or shorter) than rejected in more than this fraction
+    "length_bias_min_rows": 10,  # ... of at least this many pairs
     "min_per_category": 1,  # harmful rows per taxonomy category before coverage warns
     "tactic_targets": {  # share of tactic-labelled rows, [low, high]
         "direct": [0.25, 0.35],
@@ -280,7 +281,9 @@ def check_dataset(examples: list[PreferenceExample], opts: dict[str, Any]) -> li
         ids.setdefault(ex.id, w)
         k = pair_key(ex)
         swapped = pair_key(ex, swapped=True)
-        if swapped in pairs and swapped != k:
+        if k in pairs:
+            out.append(Issue("warning", "duplicate", w, "", f"duplicate of {pairs[k]} (dedup drops it)."))
+        elif swapped in pairs and swapped != k:
             out.append(
                 Issue(
                     "error",
@@ -290,15 +293,13 @@ def check_dataset(examples: list[PreferenceExample], opts: dict[str, Any]) -> li
                     f"the same pair appears at {pairs[swapped]} with chosen and rejected exchanged.",
                 )
             )
-        elif k in pairs:
-            out.append(Issue("warning", "duplicate", w, "", f"duplicate of {pairs[k]} (dedup drops it)."))
         pairs.setdefault(k, w)
     n = len(examples)
     if not n:
         return out
     longer = sum(len(ex.chosen) > len(ex.rejected) for ex in examples) / n
     thr = float(opts["length_bias"])
-    if longer > thr or longer < 1 - thr:
+    if n >= int(opts["length_bias_min_rows"]) and (longer > thr or longer < 1 - thr):
         mean_c = sum(len(ex.chosen) for ex in examples) / n
         mean_r = sum(len(ex.rejected) for ex in examples) / n
         out.append(
