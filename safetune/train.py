@@ -77,6 +77,9 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     # Data (validated before any model loads, so bad input fails fast)
     bundle = build_preference_data(cfg.data)
+    from safetune.data.validate import enforce_valid
+
+    enforce_valid(bundle, cfg.data)  # raises on validation errors unless data.allow_invalid=true
     if not bundle.train:
         raise ValueError("The configured data produced no training rows; check data.sources.")
     if main:

@@ -1,10 +1,16 @@
-"""Reading raw rows from local files (with line numbers for errors) or the hub."""
+"""Reading raw rows from local files (with line numbers for errors) or the hub.
+
+Locations: ``bundled://name`` is the preference data shipped in ``safetune/data/bundled``;
+``suite://name`` is an evaluation suite shipped in ``safetune/eval/bundled`` (read here as plain
+JSONL so the data layer never imports the evaluator); anything else is a local path/glob or a hub id.
+"""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -13,14 +19,54 @@ from typing import Any
 from safetune.schema import SchemaError
 
 BUNDLED_PREFIX = "bundled://"
+SUITE_PREFIX = "suite://"
 
 
 def bundled_dir() -> Path:
     return Path(str(resources.files("safetune") / "data" / "bundled"))
 
 
+def suite_dir() -> Path:
+    return Path(str(resources.files("safetune") / "eval" / "bundled"))
+
+
+class Loaded(list):
+    """A loader's result: the examples (a plain list) plus what was left out and why.
+
+    ``skipped`` counts rows dropped on purpose (policy/filters) or because they could not be
+    parsed (hh-rlhf transcripts); ``skipped_at`` keeps the first few locations per reason.
+    ``errors`` holds ``(location, message)`` for invalid rows when a loader runs with
+    ``on_error="collect"`` (validation), instead of raising on the first one.
+    """
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.skipped: Counter[str] = Counter()
+        self.skipped_at: dict[str, list[str]] = {}
+        self.errors: list[tuple[str, str]] = []
+
+    def skip(self, reason: str, where: str, keep: int = 5) -> None:
+        self.skipped[reason] += 1
+        locs = self.skipped_at.setdefault(reason, [])
+        if len(locs) < keep:
+            locs.append(where)
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ("raise", "collect"):
+        raise ValueError(f"on_error={on_error!r}; expected 'raise' (stop at the first bad row) or 'collect'.")
+    return on_error
+
+
 def resolve_local(path: str) -> list[Path]:
     """Expand ``bundled://name`` (package data, a glob) or a local path/glob into files."""
+    if path.startswith(SUITE_PREFIX):
+        name = path[len(SUITE_PREFIX) :]
+        f = suite_dir() / (name if name.endswith(".jsonl") else f"{name}.jsonl")
+        if not f.is_file():
+            avail = sorted(p.stem for p in suite_dir().glob("*.jsonl"))
+            raise FileNotFoundError(f"No bundled evaluation suite {path!r} ({f}); available: {avail}.")
+        return [f]
     if path.startswith(BUNDLED_PREFIX):
         pattern = path[len(BUNDLED_PREFIX) :]
         files = sorted(bundled_dir().glob(pattern if any(c in pattern for c in "*?[") else f"{pattern}*.jsonl"))
@@ -44,7 +90,11 @@ def resolve_local(path: str) -> list[Path]:
 
 
 def is_local(path: str) -> bool:
-    return path.startswith(BUNDLED_PREFIX) or Path(path).expanduser().exists() or any(c in path for c in "*?[")
+    return (
+        path.startswith((BUNDLED_PREFIX, SUITE_PREFIX))
+        or Path(path).expanduser().exists()
+        or any(c in path for c in "*?[")
+    )
 
 
 def iter_file_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -56,14 +106,23 @@ def iter_file_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     else:
         opener, suffix = open, path.suffix
     if suffix == ".jsonl":
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SchemaError(
+                        f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text. "
+                        "Re-save the file as UTF-8."
+                    ) from e
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise SchemaError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line.") from e
+                    raise SchemaError(
+                        f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line."
+                    ) from e
                 if not isinstance(row, dict):
                     raise SchemaError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}.")
                 yield f"{name}:{lineno}", row
@@ -92,11 +151,19 @@ def iter_file_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(pd.read_parquet(path).to_dict(orient="records")):
             yield f"{name}:row {i}", row
     else:
-        raise SchemaError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .parquet (optionally .gz).")
+        raise SchemaError(
+            f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .parquet (optionally .gz)."
+        )
 
 
-def iter_rows(path: str, *, split: str = "train", subset: str | None = None, data_dir: str | None = None,
-              revision: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_rows(
+    path: str,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    data_dir: str | None = None,
+    revision: str | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows from a local path (``bundled://``, file, dir, glob) or, otherwise, a hub dataset id."""
     if is_local(path):
         for f in resolve_local(path):

@@ -1,7 +1,25 @@
 """Load every configured source, mix with weights / max rows, deduplicate, split, and describe the result.
 
-Deterministic given ``data.seed``. The manifest (per-source counts and a content
-hash) is written into each run directory so a run can be traced to its data.
+Deterministic given ``data.seed``. Config keys (``conf/data/*.yaml``)::
+
+    sources:            list of {name, loader, path, weight, max_rows, <loader options>}
+    seed:               mixing/splitting seed
+    dedup:              drop exact and normalised-text duplicates (keep the first)
+    eval_fraction:      held-out fraction, split by prompt group (no prompt in both splits)
+    leakage_suites:     eval suites (``suite://harmful``, a jsonl path) whose prompts must not be trained on
+    on_leakage:         error (default) | warn
+    validation:         thresholds for :mod:`safetune.data.validate`
+    allow_invalid:      train even when validation reports errors
+
+``weight`` scales a source relative to its size (0.5 keeps half its rows, 2.0 repeats each row
+twice); ``max_rows`` caps it after weighting. Both sample with the seeded RNG.
+
+The manifest (per-source counts, skipped rows and reasons, duplicates, leakage, coverage of
+categories/tactics/severities and a content hash) is written into each run directory as
+``data_manifest.json``; the full normalised rows go to ``data/train.jsonl``. TRL's DPOTrainer
+drops every column it does not use, so the TRL rows keep only ``id`` next to
+prompt/chosen/rejected: reports join on ``id`` with ``data/train.jsonl`` to recover category,
+severity, tactic and source.
 """
 
 from __future__ import annotations
@@ -14,7 +32,8 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from safetune.schema import PreferenceExample, content_hash
+from safetune.data.io import Loaded, iter_rows
+from safetune.schema import PreferenceExample, SchemaError, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -24,43 +43,77 @@ LOADERS = {
     "pku_saferlhf": "safetune.data.pku_saferlhf",
     "hh_rlhf": "safetune.data.hh_rlhf",
 }
+MIX_KEYS = ("name", "weight", "max_rows", "loader", "path")
+
+
+class DataLeakageError(ValueError):
+    """An evaluation-suite prompt appears in the training data."""
 
 
 @dataclass
 class DataBundle:
-    train: list[PreferenceExample]
-    eval: list[PreferenceExample] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    train: list[PreferenceExample] = field(metadata={"help": "Training rows after mixing, dedup and split."})
+    eval: list[PreferenceExample] = field(default_factory=list, metadata={"help": "Held-out rows (by prompt)."})
+    manifest: dict[str, Any] = field(default_factory=dict, metadata={"help": "Counts, hashes, coverage."})
+    errors: list[tuple[str, str]] = field(
+        default_factory=list,
+        metadata={"help": "(location, message) of invalid rows when loaded with on_error=collect."},
+    )
+    leakage: list[dict[str, str]] = field(default_factory=list, metadata={"help": "Eval-suite prompts found in data."})
 
 
 def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
 
 
-def load_source(src: dict[str, Any]) -> list[PreferenceExample]:
-    src = dict(src)
-    loader = src.pop("loader", "triplets")
+def to_plain(cfg: Any) -> Any:
+    """OmegaConf containers -> plain dict/list (resolved); other values unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return cfg
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def load_source(src: dict[str, Any], *, on_error: str = "raise") -> Loaded:
+    src = dict(to_plain(src))
+    loader = src.get("loader", "triplets")
     if loader not in LOADERS:
         raise ValueError(f"data source loader={loader!r}; expected one of {sorted(LOADERS)}.")
-    for k in ("name", "weight", "max_rows"):
-        src.pop(k, None)
-    path = src.pop("path")
+    if not src.get("path"):
+        raise ValueError(f"data source {src.get('name') or loader!r} has no 'path'.")
     module = import_module(LOADERS[loader])
-    return module.load(path, **{k: v for k, v in src.items() if v is not None})
+    options = {k: v for k, v in src.items() if k not in MIX_KEYS and v is not None}
+    rows = module.load(src["path"], on_error=on_error, **options)
+    return rows if isinstance(rows, Loaded) else Loaded(rows)
 
 
-def dedup(examples: list[PreferenceExample]) -> tuple[list[PreferenceExample], int]:
-    """Drop exact and normalised-text duplicates of (prompt, chosen, rejected); keep the first."""
-    seen: set[str] = set()
+def pair_key(ex: PreferenceExample, *, normalised: bool = True, swapped: bool = False) -> str:
+    norm = normalise_text if normalised else (lambda t: t)
+    a, b = (ex.rejected, ex.chosen) if swapped else (ex.chosen, ex.rejected)
+    return content_hash([[norm(m["content"]) for m in ex.prompt], norm(a), norm(b)])
+
+
+def dedup(examples: list[PreferenceExample]) -> tuple[list[PreferenceExample], Counter[str]]:
+    """Drop exact, then normalised-text (case/punctuation/whitespace) duplicates of the pair; keep the first."""
+    exact: set[str] = set()
+    norm: set[str] = set()
+    dropped: Counter[str] = Counter()
     out = []
     for ex in examples:
-        key = content_hash([normalise_text(" ".join(m["content"] for m in ex.prompt)), normalise_text(ex.chosen),
-                            normalise_text(ex.rejected)])
-        if key in seen:
+        k_exact, k_norm = pair_key(ex, normalised=False), pair_key(ex)
+        if k_exact in exact:
+            dropped["exact"] += 1
             continue
-        seen.add(key)
+        if k_norm in norm:
+            dropped["normalised"] += 1
+            continue
+        exact.add(k_exact)
+        norm.add(k_norm)
         out.append(ex)
-    return out, len(examples) - len(out)
+    return out, dropped
 
 
 def split_by_prompt(examples: list[PreferenceExample], eval_fraction: float, seed: int):
@@ -79,8 +132,67 @@ def split_by_prompt(examples: list[PreferenceExample], eval_fraction: float, see
     return train, ev
 
 
-def build_preference_data(data_cfg: Any) -> DataBundle:
-    cfg = dict(data_cfg)
+def suite_prompt_text(prompt: Any, where: str) -> str:
+    """The last user turn of an eval-suite row's ``prompt`` (a string or a message list)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        for m in reversed(prompt):
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+                return m["content"]
+    raise SchemaError(
+        f"{where}: field 'prompt' must be a string or a message list with a user turn, got {prompt!r:.80}."
+    )
+
+
+def load_suite_prompts(path: str) -> dict[str, str]:
+    """normalised prompt -> location, for every row of an evaluation suite (read as plain rows)."""
+    out: dict[str, str] = {}
+    for where, row in iter_rows(path):
+        if "prompt" not in row:
+            raise SchemaError(f"{where}: evaluation suite row has no 'prompt' field (row has {sorted(row)}).")
+        out.setdefault(normalise_text(suite_prompt_text(row["prompt"], where)), where)
+    return out
+
+
+def check_leakage(examples: list[PreferenceExample], suites: list[str]) -> list[dict[str, str]]:
+    """Rows whose last user turn equals (after normalisation) a prompt from any of ``suites``."""
+    hits: list[dict[str, str]] = []
+    for suite in suites:
+        prompts = load_suite_prompts(suite)
+        for ex in examples:
+            key = normalise_text(ex.user_text)
+            if key and key in prompts:
+                hits.append(
+                    {
+                        "suite": suite,
+                        "suite_location": prompts[key],
+                        "id": ex.id,
+                        "location": str(ex.metadata.get("location", ex.id)),
+                        "prompt": ex.user_text[:120],
+                    }
+                )
+    return hits
+
+
+def coverage(examples: list[PreferenceExample]) -> dict[str, Any]:
+    return {
+        "categories": dict(Counter(c for ex in examples for c in ex.categories)),
+        "tactics": dict(Counter(ex.tactic for ex in examples)),
+        "severities": {str(k): v for k, v in Counter(ex.severity for ex in examples).items()},
+        "rows_per_source": dict(Counter(ex.source for ex in examples)),
+        "harmful_rows": sum(ex.is_harmful for ex in examples),
+        "benign_rows": sum(not ex.is_harmful for ex in examples),
+    }
+
+
+def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBundle:
+    """Load, mix, dedup, split and leakage-check the configured sources.
+
+    ``on_error='collect'`` (used by validation) keeps going past invalid rows and returns them in
+    ``bundle.errors``; leakage is then reported in ``bundle.leakage`` instead of raising.
+    """
+    cfg = dict(to_plain(data_cfg))
     seed = int(cfg.get("seed", 42))
     rng = random.Random(seed)
     sources = cfg.get("sources") or []
@@ -88,39 +200,68 @@ def build_preference_data(data_cfg: Any) -> DataBundle:
         raise ValueError("data.sources is empty; configure at least one source (e.g. data=bundled).")
     mixed: list[PreferenceExample] = []
     per_source: list[dict[str, Any]] = []
+    errors: list[tuple[str, str]] = []
     for src in sources:
         src = dict(src)
         name = src.get("name") or src.get("path")
-        rows = load_source(src)
+        rows = load_source(src, on_error=on_error)
+        errors.extend(rows.errors)
+        skipped, skipped_at = dict(rows.skipped), dict(rows.skipped_at)
         loaded = len(rows)
         max_rows = src.get("max_rows")
         weight = src.get("weight")
         if weight is not None:
+            if float(weight) < 0:
+                raise ValueError(f"data source {name!r}: weight must be >= 0, got {weight}.")
             # weight scales the source relative to its size (0.5 = half the rows, 2.0 = each row twice)
             n = round(loaded * float(weight))
-            rows = [rows[i % loaded] for i in rng.sample(range(loaded), min(n, loaded))] + (
-                [rows[i % loaded] for i in range(n - loaded)] if n > loaded else [])
+            whole, rest = divmod(n, loaded) if loaded else (0, 0)
+            rows = [r for _ in range(whole) for r in rows] + [rows[i] for i in sorted(rng.sample(range(loaded), rest))]
         if max_rows is not None and len(rows) > int(max_rows):
-            rows = rng.sample(rows, int(max_rows))
-        per_source.append({"name": name, "loader": src.get("loader", "triplets"), "path": src.get("path"),
-                           "loaded": loaded, "used": len(rows), "content_hash": content_hash([r.to_dict() for r in rows])})
+            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), int(max_rows)))]
+        per_source.append(
+            {
+                "name": name,
+                "loader": src.get("loader", "triplets"),
+                "path": src.get("path"),
+                "loaded": loaded,
+                "used": len(rows),
+                "skipped": skipped,
+                "skipped_examples": skipped_at,
+                "invalid_rows": len(rows.errors) if isinstance(rows, Loaded) else 0,
+                "content_hash": content_hash([r.to_dict() for r in rows]),
+            }
+        )
+        if skipped:
+            log.warning("Source %s: %d row(s) left out: %s", name, sum(skipped.values()), skipped)
         mixed.extend(rows)
-    n_dups = 0
+    dropped: Counter[str] = Counter()
     if cfg.get("dedup", True):
-        mixed, n_dups = dedup(mixed)
+        mixed, dropped = dedup(mixed)
+    suites = list(cfg.get("leakage_suites") or [])
+    leakage = check_leakage(mixed, suites) if suites else []
+    if leakage:
+        msg = (
+            f"{len(leakage)} training row(s) repeat an evaluation-suite prompt, e.g. {leakage[0]['location']} "
+            f"(id {leakage[0]['id']}) = {leakage[0]['suite_location']}: {leakage[0]['prompt']!r}. Remove them from the "
+            "training data, or set data.on_leakage=warn to accept inflated evaluation scores."
+        )
+        if cfg.get("on_leakage", "error") == "error" and on_error == "raise":
+            raise DataLeakageError(msg)
+        log.warning(msg)
     train, ev = split_by_prompt(mixed, float(cfg.get("eval_fraction", 0.0) or 0.0), seed)
     rng.shuffle(train)
     manifest = {
         "sources": per_source,
-        "duplicates_dropped": n_dups,
+        "duplicates_dropped": sum(dropped.values()),
+        "duplicates_by_kind": dict(dropped),
         "train_rows": len(train),
         "eval_rows": len(ev),
         "seed": seed,
         "content_hash": content_hash([ex.to_dict() for ex in train]),
-        "categories": dict(Counter(c for ex in train for c in ex.categories)),
-        "tactics": dict(Counter(ex.tactic for ex in train)),
-        "harmful_rows": sum(ex.is_harmful for ex in train),
-        "benign_rows": sum(not ex.is_harmful for ex in train),
+        "leakage_suites": suites,
+        "leakage_hits": len(leakage),
+        **coverage(train),
     }
     log.info("Preference data: %d train / %d eval rows from %d source(s)", len(train), len(ev), len(sources))
-    return DataBundle(train=train, eval=ev, manifest=manifest)
+    return DataBundle(train=train, eval=ev, manifest=manifest, errors=errors, leakage=leakage)

@@ -7,9 +7,10 @@ category/severity/tactic columns flow into the schema.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
+from safetune.data.io import Loaded, check_on_error, iter_rows
 from safetune.schema import PreferenceExample, SchemaError, as_messages, canonical_category, check_tactic
 
 DEFAULT_COLUMNS = {
@@ -32,14 +33,18 @@ def _response_text(value: Any, *, where: str, field: str) -> str:
     elif isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         last = value[-1]
         if last.get("role") != "assistant":
-            raise SchemaError(f"{where}: field '{field}' is a message list whose last role is {last.get('role')!r}; expected 'assistant'.")
+            raise SchemaError(
+                f"{where}: field '{field}' is a message list whose last role is {last.get('role')!r}; expected 'assistant'."
+            )
         text = last.get("content")
         if not isinstance(text, str):
             raise SchemaError(f"{where}: field '{field}' last message content must be a string.")
-    elif isinstance(value, dict) and "content" in value:
+    elif isinstance(value, dict) and isinstance(value.get("content"), str):
         text = value["content"]
     else:
-        raise SchemaError(f"{where}: field '{field}' must be a string or a list of messages, got {type(value).__name__}.")
+        raise SchemaError(
+            f"{where}: field '{field}' must be a string or a list of messages, got {type(value).__name__}."
+        )
     if not text.strip():
         raise SchemaError(f"{where}: field '{field}' is empty; expected a non-empty response.")
     return text
@@ -55,12 +60,19 @@ def _split_prompt_and_responses(prompt: Any, chosen: Any, rejected: Any, where: 
             shared.append(a)
         if not shared:
             raise SchemaError(f"{where}: no 'prompt' field and chosen/rejected share no leading turns.")
-        return shared, chosen[len(shared):], rejected[len(shared):]
+        return shared, chosen[len(shared) :], rejected[len(shared) :]
     return prompt, chosen, rejected
 
 
-def row_to_example(row: dict[str, Any], *, where: str, columns: dict[str, str] | None = None, source: str = "triplets",
-                   category_map: dict[str, str] | None = None, index: int = 0) -> PreferenceExample:
+def row_to_example(
+    row: dict[str, Any],
+    *,
+    where: str,
+    columns: dict[str, str] | None = None,
+    source: str = "triplets",
+    category_map: dict[str, str] | None = None,
+    index: int = 0,
+) -> PreferenceExample:
     cols = {**DEFAULT_COLUMNS, **(columns or {})}
     for req in ("prompt", "chosen", "rejected"):
         if cols[req] not in row and not (req == "prompt" and isinstance(row.get(cols["chosen"]), list)):
@@ -68,15 +80,23 @@ def row_to_example(row: dict[str, Any], *, where: str, columns: dict[str, str] |
                 f"{where}: missing field '{cols[req]}' (the {req} column); row has {sorted(row)}. "
                 f"Map it with data.sources[].columns.{req}=<your column>."
             )
-    prompt, chosen, rejected = _split_prompt_and_responses(row.get(cols["prompt"]), row[cols["chosen"]], row[cols["rejected"]], where)
+    prompt, chosen, rejected = _split_prompt_and_responses(
+        row.get(cols["prompt"]), row[cols["chosen"]], row[cols["rejected"]], where
+    )
     if prompt is None:
         raise SchemaError(f"{where}: field '{cols['prompt']}' is null.")
     messages = as_messages(prompt, where=f"{where}: field '{cols['prompt']}'")
     if messages[-1]["role"] != "user":
-        raise SchemaError(f"{where}: field '{cols['prompt']}' must end with a user turn, ends with {messages[-1]['role']!r}.")
+        raise SchemaError(
+            f"{where}: field '{cols['prompt']}' must end with a user turn, ends with {messages[-1]['role']!r}."
+        )
     cats_raw = row.get(cols["categories"])
     if cats_raw is None:
         cats_raw = row.get(cols["category"])
+    if hasattr(cats_raw, "tolist"):  # numpy arrays from parquet
+        cats_raw = cats_raw.tolist()
+    if isinstance(cats_raw, float) and cats_raw != cats_raw:  # NaN from CSV/parquet
+        cats_raw = None
     if isinstance(cats_raw, str):
         cats_raw = [c for c in (x.strip() for x in cats_raw.replace(";", ",").split(",")) if c]
     cats: list[str] = []
@@ -84,7 +104,7 @@ def row_to_example(row: dict[str, Any], *, where: str, columns: dict[str, str] |
         mapped = (category_map or {}).get(c, c)
         cats.append(canonical_category(mapped, where=f"{where}: field '{cols['categories']}'"))
     sev = row.get(cols["severity"])
-    if sev in ("", None):
+    if sev in ("", None) or (isinstance(sev, float) and sev != sev):
         sev = None
     else:
         try:
@@ -112,15 +132,35 @@ def row_to_example(row: dict[str, Any], *, where: str, columns: dict[str, str] |
     )
 
 
-def convert(rows: Iterable[tuple[str, dict[str, Any]]], **kw: Any) -> Iterator[PreferenceExample]:
+def convert(rows: Iterable[tuple[str, dict[str, Any]]], *, on_error: str = "raise", **kw: Any) -> Loaded:
+    """Map raw rows to examples; ``on_error='collect'`` records bad rows in ``.errors`` instead of raising."""
+    check_on_error(on_error)
+    out = Loaded()
     for i, (where, row) in enumerate(rows):
-        yield row_to_example(row, where=where, index=i, **kw)
+        try:
+            out.append(row_to_example(row, where=where, index=i, **kw))
+        except SchemaError as e:
+            if on_error == "raise":
+                raise
+            out.errors.append((where, str(e)))
+    return out
 
 
-def load(path: str, *, columns: dict[str, str] | None = None, source: str | None = None, split: str = "train",
-         category_map: dict[str, str] | None = None, **hub_kwargs: Any) -> list[PreferenceExample]:
-    from safetune.data.io import iter_rows
-
-    return list(convert(iter_rows(path, split=split, **hub_kwargs), columns=columns,
-                        source=source or ("safetune-bundled" if path.startswith("bundled://") else "triplets"),
-                        category_map=category_map))
+def load(
+    path: str,
+    *,
+    columns: dict[str, str] | None = None,
+    source: str | None = None,
+    split: str = "train",
+    category_map: dict[str, str] | None = None,
+    on_error: str = "raise",
+    **hub_kwargs: Any,
+) -> Loaded:
+    """Load triplets from a local file/dir/glob, ``bundled://``, or a hub id (``subset``, ``data_dir``, ``revision``)."""
+    return convert(
+        iter_rows(path, split=split, **hub_kwargs),
+        columns=columns,
+        source=source or ("safetune-bundled" if path.startswith("bundled://") else "triplets"),
+        category_map=category_map,
+        on_error=on_error,
+    )
