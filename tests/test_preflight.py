@@ -267,3 +267,17 @@ def test_cli_reports_and_exits(tmp_path, capsys):
 def test_cli_on_data_config(capsys):
     assert run_preflight_cli(["--data", "bundled", "--sample", "8"]) == 0
     assert "template=auto (8/" in flat(capsys.readouterr().out)
+
+
+def test_training_stops_before_loading_the_model(tmp_path, monkeypatch):
+    """safetune-train runs the preflight on the training rows and fails with its message before any model loads."""
+    from safetune import train
+    from safetune.preflight import _compose
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load when the preflight fails")
+
+    monkeypatch.setattr(train, "load_model", no_model)
+    cfg = _compose(["template=llama-3", f"run_dir={tmp_path / 'run'}", "template.preflight.sample=4"])
+    with pytest.raises(PreflightError, match="(?s)template 'llama-3'.*rule 'end-of-turn'"):
+        train.run_train(cfg)
