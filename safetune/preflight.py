@@ -581,7 +581,9 @@ def run_preflight_cli(argv: list[str]) -> int:
         tokenizer = load_tokenizer(spec, resolve_model_path(spec))
         formatter = ChatFormatter.from_cfg(tokenizer, template_cfg)
         examples = (
-            _load_examples(args.data, cfg) if data_is_config or Path(args.data).suffix or "://" in args.data else None
+            _load_examples(args.data, cfg)
+            if data_is_config or Path(args.data).suffix or Path(args.data).is_file() or "://" in args.data
+            else None
         )
         if examples is None:
             raise ValueError(

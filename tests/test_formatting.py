@@ -194,3 +194,26 @@ def test_tokenize_like_trl_splits_at_the_answer(smol_tokenizer):
     tok = f.tokenizer
     assert tok.decode(pair.chosen_ids) == MULTI_TURN_ROW.chosen + "<|im_end|>\n"
     assert tok.decode(pair.rejected_ids) == MULTI_TURN_ROW.rejected + "<|im_end|>\n"
+
+
+@pytest.mark.parametrize("template,system", [("auto", None), ("llama-2", "Be safe.")])
+def test_tokenize_like_trl_matches_trl_dpo_preprocessing(template, system, smol_tokenizer):
+    """The preflight's tokenisation is TRL's: compare with DPOTrainer._prepare_dataset on the same rows."""
+    import types
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from safetune.data import triplets
+
+    f = ChatFormatter(copy.deepcopy(smol_tokenizer), template, system)
+    examples = [MULTI_TURN_ROW, *triplets.load("bundled://safety_prefs")[:5]]
+    ds = Dataset.from_list([f.to_trl(e) for e in examples])
+    args = DPOConfig(output_dir="unused", max_length=None, use_cpu=True, report_to=[])
+    # _prepare_dataset only needs `self._tokenizer` for non-conversational rows; these rows are conversational.
+    trl_rows = DPOTrainer._prepare_dataset(types.SimpleNamespace(_tokenizer=f.tokenizer), ds, f.tokenizer, args, "t")
+    for ex, trl_row in zip(examples, trl_rows):
+        ours = f.tokenize_like_trl(f.to_trl(ex))
+        assert trl_row["prompt_ids"] == ours.prompt_ids[: ours.split]
+        assert trl_row["chosen_ids"] == ours.chosen_ids
+        assert trl_row["rejected_ids"] == ours.rejected_ids
