@@ -46,8 +46,31 @@ def resolve_template(name: str, tokenizer: Any) -> str:
         return p.read_text()
     shipped = TEMPLATE_DIR / f"{name}.jinja"
     if not shipped.is_file():
-        raise TemplateError(f"Unknown chat template {name!r}; expected 'auto', one of {available_templates()}, or a .jinja path.")
+        raise TemplateError(
+            f"Unknown chat template {name!r}; expected 'auto', one of {available_templates()}, or a .jinja path."
+        )
     return shipped.read_text()
+
+
+@dataclass
+class TokenizedPair:
+    """One preference row tokenised the way TRL's DPOTrainer tokenises it."""
+
+    id: str = field(metadata={"help": "Row id."})
+    prompt_ids: list[int] = field(metadata={"help": "Prompt alone, rendered with add_generation_prompt=True."})
+    prompt_chosen_ids: list[int] = field(metadata={"help": "Prompt + chosen reply as one conversation."})
+    prompt_rejected_ids: list[int] = field(metadata={"help": "Prompt + rejected reply as one conversation."})
+    split: int = field(
+        metadata={"help": "Where TRL starts the completion: the shortest common prefix with the prompt."}
+    )
+
+    @property
+    def chosen_ids(self) -> list[int]:
+        return self.prompt_chosen_ids[self.split :]
+
+    @property
+    def rejected_ids(self) -> list[int]:
+        return self.prompt_rejected_ids[self.split :]
 
 
 @dataclass
@@ -56,7 +79,9 @@ class ChatFormatter:
 
     tokenizer: Any
     template: str = field(default="auto", metadata={"help": "'auto', a named template, or a .jinja path."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Prepended as a system message when the prompt has none."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "Prepended as a system message when the prompt has none."}
+    )
 
     def __post_init__(self) -> None:
         self.template_source = resolve_template(self.template, self.tokenizer)
@@ -65,7 +90,7 @@ class ChatFormatter:
 
     @classmethod
     def from_cfg(cls, tokenizer: Any, cfg: Any) -> ChatFormatter:
-        cfg = cfg or {}
+        cfg = cfg or {}  # other keys (e.g. 'preflight') belong to safetune.preflight
         return cls(tokenizer, template=cfg.get("name", "auto") or "auto", system_prompt=cfg.get("system_prompt"))
 
     def prompt_messages(self, messages: list[Message]) -> list[Message]:
@@ -84,6 +109,28 @@ class ChatFormatter:
         return self.tokenizer.apply_chat_template(
             [*self.prompt_messages(messages), {"role": "assistant", "content": response}], tokenize=False
         )
+
+    def generation_ids(self, messages: list[Message]) -> list[int]:
+        """Token ids generation feeds the model: :meth:`render_prompt` tokenised without extra special tokens."""
+        return list(self.tokenizer(self.render_prompt(messages), add_special_tokens=False)["input_ids"])
+
+    def tokenize_like_trl(self, row: dict[str, Any]) -> TokenizedPair:
+        """Tokenise a :meth:`to_trl` row exactly as ``trl.DPOTrainer`` (1.16) does for conversational data.
+
+        The prompt is rendered with ``add_generation_prompt=True``; prompt+chosen and prompt+rejected are rendered
+        as full conversations; the completion starts where the prompt and each full sequence stop agreeing.
+        """
+        from trl.data_utils import common_prefix_length
+
+        def ids(messages: list[Message], **kw: Any) -> list[int]:
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, tools=None, **kw)
+            return list(out["input_ids"])
+
+        prompt_ids = ids(row["prompt"], add_generation_prompt=True)
+        chosen_full = ids(row["prompt"] + row["chosen"])
+        rejected_full = ids(row["prompt"] + row["rejected"])
+        split = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
+        return TokenizedPair(str(row.get("id", "")), prompt_ids, chosen_full, rejected_full, split)
 
     def to_trl(self, ex: PreferenceExample) -> dict[str, Any]:
         """A TRL conversational preference row (prompt/chosen/rejected as message lists) plus an id column."""

@@ -33,6 +33,7 @@ from safetune.data import build_preference_data
 from safetune.dpo import build_dpo_config
 from safetune.formatting import ChatFormatter
 from safetune.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
+from safetune.preflight import preflight_training_rows
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model_path = model_path or resolve_model_path(spec)
     tokenizer = load_tokenizer(spec, model_path)
     formatter = ChatFormatter.from_cfg(tokenizer, to_container(cfg.template))
+    # Chat-template preflight on a sample of rows, before any model loads; template.preflight.force=true overrides.
+    preflight_training_rows(formatter, bundle.train, to_container(cfg.template), to_container(cfg.trainer), show=main)
     train_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train")
     eval_ds = None
     if bundle.eval:
