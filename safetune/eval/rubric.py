@@ -178,7 +178,8 @@ ALTERNATIVE_RE = _rx(
     r"\binstead\b",
     r"\byou (?:could|can|might) (?:try|simply|send|also|go|ask|look|use|call|contact|publish|talk)\b",
     r"\b(?:maybe|perhaps) (?:just )?(?:ask|try|talk|telling|call)\b",
-    r"\b(?:can|could|might|may)(?: probably| usually| also)? (?:help|work|advise|explain|issue|be a start)\b",
+    r"\b(?:can|could|might|may)(?: probably| usually| also)? (?:help|work|advise|explain|issue|open|fix|"
+    r"provide|show|guide|answer|be a start)\b",
     r"\b(?:would|might|could|usually|often) work(?:s)? (?:better|well)\b",
     r"\bworth \w+ing\b",
     r"\bis the way to go\b",
