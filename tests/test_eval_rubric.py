@@ -17,8 +17,8 @@ from safetune.eval.rubric import (
     load_labelled,
     parse_rubric_output,
     rule_accuracy,
-    score_refusal,
     score_records,
+    score_refusal,
     summarise_rubric,
 )
 
