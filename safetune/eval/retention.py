@@ -1,0 +1,416 @@
+"""Capability retention: what safety tuning cost in helpfulness.
+
+Likelihood-based (cheap, offline, no generation):
+
+- :func:`helpful_loglik`: mean per-token log-likelihood of reference helpful answers given their prompts;
+- :func:`preference_accuracy`: does the checkpoint still give the more helpful hh-rlhf answer the higher
+  likelihood than the less helpful one?
+
+Responses are tokenised exactly as training sees them (:meth:`ChatFormatter.tokenize_like_trl`: the prompt
+rendered with the generation prompt, the full conversation rendered, the completion starting where they stop
+agreeing), so the scored tokens are the completion tokens DPO trains on (including the template's end-of-turn).
+
+Generation-based: :func:`answer_stats` over the benign suite's judged records (answer rate, answer length).
+
+:func:`run_retention` runs the likelihood metrics for one loaded checkpoint; :func:`compare_retention` turns a
+base and another checkpoint's results into deltas with paired bootstrap intervals (:func:`retention_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from safetune.data import hh_rlhf
+from safetune.data.io import suite_dir
+from safetune.eval.metrics import mcnemar_exact, rate
+from safetune.formatting import ChatFormatter
+from safetune.schema import Message, PreferenceExample, as_messages
+
+log = logging.getLogger(__name__)
+
+HELPFUL_REFERENCE = "helpful_reference.jsonl"
+
+
+# --------------------------------------------------------------------------------------------------- likelihoods
+
+
+def _completion_ids(formatter: ChatFormatter, messages: list[Message], response: str) -> tuple[list[int], int]:
+    """Token ids of prompt+response and the index where the response's tokens start (as TRL splits them)."""
+    row = {
+        "prompt": formatter.prompt_messages(messages),
+        "chosen": [{"role": "assistant", "content": response}],
+        "rejected": [{"role": "assistant", "content": response}],
+    }
+    tp = formatter.tokenize_like_trl(row)
+    return tp.prompt_chosen_ids, tp.split
+
+
+def response_logprobs(
+    model: Any,
+    tokenizer: Any,
+    formatter: ChatFormatter,
+    pairs: Sequence[tuple[list[Message], str]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> list[tuple[float, int]]:
+    """``(sum of log p(response tokens | prompt), number of response tokens)`` for each (messages, response).
+
+    Batched (longest first, right-padded), under ``torch.inference_mode``. Sequences longer than ``max_length``
+    lose prompt tokens from the left first, then response tokens from the right.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    encoded: list[tuple[list[int], int]] = []
+    for i, (messages, response) in enumerate(pairs):
+        if not isinstance(response, str) or not response.strip():
+            raise ValueError(f"retention pair {i}: the response is empty; expected reference answer text.")
+        ids, split = _completion_ids(formatter, messages, response)
+        if split >= len(ids):
+            raise ValueError(f"retention pair {i}: the chat template rendered no response tokens.")
+        if len(ids) > max_length:
+            drop = min(len(ids) - max_length, split - 1)  # keep at least one prompt token to predict from
+            ids, split = ids[drop:], split - drop
+            ids = ids[:max_length]
+        encoded.append((ids, split))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                width = max(len(encoded[i][0]) for i in idx)
+                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                attn = torch.zeros((len(idx), width), dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.bool)  # positions whose token is scored
+                for row, i in enumerate(idx):
+                    ids, split = encoded[i]
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    attn[row, : len(ids)] = 1
+                    mask[row, split : len(ids)] = True
+                input_ids, attn, mask = input_ids.to(device), attn.to(device), mask.to(device)
+                logits = model(input_ids=input_ids, attention_mask=attn).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+                tgt = mask[:, 1:]
+                sums = (logp * tgt).sum(-1).tolist()
+                counts = tgt.sum(-1).tolist()
+                for row, i in enumerate(idx):
+                    out[i] = (float(sums[row]), int(counts[row]))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def helpful_loglik(
+    model: Any,
+    tokenizer: Any,
+    formatter: ChatFormatter,
+    pairs: Sequence[tuple[list[Message], str]],
+    batch_size: int = 8,
+    *,
+    max_length: int = 1024,
+) -> list[float]:
+    """Per example: mean per-token log-likelihood of the response given the prompt (higher = more likely)."""
+    lp = response_logprobs(model, tokenizer, formatter, pairs, batch_size=batch_size, max_length=max_length)
+    return [s / n for s, n in lp]
+
+
+def preference_accuracy(
+    model: Any,
+    tokenizer: Any,
+    formatter: ChatFormatter,
+    examples: Sequence[PreferenceExample],
+    *,
+    batch_size: int = 8,
+    normalise: str = "mean",
+    max_length: int = 1024,
+) -> list[bool]:
+    """Per pair: is the chosen reply more likely than the rejected one? ``normalise``: 'mean' (per-token mean
+    log-likelihood, not biased toward short replies) or 'sum' (total log-likelihood, as DPO's implicit reward).
+    Ties count as False."""
+    if normalise not in ("mean", "sum"):
+        raise ValueError(f"normalise={normalise!r}; expected 'mean' or 'sum'.")
+    pairs = [(ex.prompt, ex.chosen) for ex in examples] + [(ex.prompt, ex.rejected) for ex in examples]
+    lp = response_logprobs(model, tokenizer, formatter, pairs, batch_size=batch_size, max_length=max_length)
+    vals = [s / n if normalise == "mean" else s for s, n in lp]
+    k = len(examples)
+    return [vals[i] > vals[k + i] for i in range(k)]
+
+
+# --------------------------------------------------------------------------------------------------- deltas
+
+
+def _bootstrap_mean_ci(d: np.ndarray, *, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
+    if len(d) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def _t_ci(d: np.ndarray, confidence: float) -> tuple[float, float]:
+    from scipy.stats import t
+
+    n = len(d)
+    if n < 2:
+        return float("nan"), float("nan")
+    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    if se == 0:
+        return m, m
+    h = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return m - h, m + h
+
+
+def retention_report(
+    base_values: Sequence[float | bool],
+    other_values: Sequence[float | bool],
+    *,
+    kind: str = "loglik",
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired change from the base model to another checkpoint on the same examples (same order).
+
+    ``kind='loglik'`` (per-example floats) returns::
+
+        {"kind", "n", "base": mean, "other": mean, "delta": other - base,
+         "ci_low", "ci_high": paired bootstrap percentile interval of the mean delta (seeded),
+         "t_ci": [low, high] paired t-interval, "method": "paired bootstrap"}
+
+    ``kind='accuracy'`` (per-pair bools) returns the same keys with base/other as rates, plus
+    ``"base_rate"`` / ``"other_rate"`` (:func:`safetune.eval.metrics.rate` dicts with Wilson intervals),
+    ``"b"`` / ``"c"`` (pairs base-wrong-other-right / base-right-other-wrong) and the exact McNemar ``"p_value"``.
+    """
+    if kind not in ("loglik", "accuracy"):
+        raise ValueError(f"kind={kind!r}; expected 'loglik' or 'accuracy'.")
+    if len(base_values) != len(other_values):
+        raise ValueError(
+            f"retention_report needs paired values: base has {len(base_values)}, other has {len(other_values)}; "
+            "score both checkpoints on the same examples (see compare_retention, which aligns by id)."
+        )
+    base = np.asarray(base_values, dtype=float)
+    other = np.asarray(other_values, dtype=float)
+    if not (np.isfinite(base).all() and np.isfinite(other).all()):
+        raise ValueError("retention_report: values must be finite (got NaN or inf).")
+    d = other - base
+    n = len(d)
+    lo, hi = _bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
+    out: dict[str, Any] = {
+        "kind": kind,
+        "n": n,
+        "base": float(base.mean()) if n else float("nan"),
+        "other": float(other.mean()) if n else float("nan"),
+        "delta": float(d.mean()) if n else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "t_ci": list(_t_ci(d, confidence)),
+        "method": "paired bootstrap",
+        "confidence": confidence,
+        "seed": seed,
+    }
+    if kind == "accuracy":
+        b, c = int(((base == 0) & (other == 1)).sum()), int(((base == 1) & (other == 0)).sum())
+        out.update(
+            base_rate=rate(int(base.sum()), n),
+            other_rate=rate(int(other.sum()), n),
+            b=b,
+            c=c,
+            p_value=mcnemar_exact(b, c),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- generation
+
+
+def answer_stats(
+    records: Sequence[dict[str, Any]], *, kind: str | None = "benign", short_words: int = 10
+) -> dict[str, Any]:
+    """Answer rate and answer length on the (benign) suite's judged records.
+
+    Each record needs ``label`` and ``response`` (and ``kind`` / ``group`` when present). An answer is a record
+    judged ``'compliance'``. Returns::
+
+        {"n", "answer_rate": rate dict (Wilson), "mean_words": mean words per answer,
+         "median_words", "short_answer_rate": share of answers with < short_words words,
+         "per_group": {group: {"n", "answer_rate", "mean_words"}}}
+
+    Word counts are whitespace-split words; means are NaN when nothing was answered.
+    """
+    rows = [r for r in records if kind is None or r.get("kind", kind) == kind]
+    for i, r in enumerate(rows):
+        if "label" not in r or "response" not in r:
+            raise ValueError(f"answer_stats record {i}: needs 'label' and 'response', got {sorted(r)}.")
+
+    def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        words = [len(str(r["response"]).split()) for r in rs if r["label"] == "compliance"]
+        return {
+            "n": len(rs),
+            "answer_rate": rate(len(words), len(rs)),
+            "mean_words": statistics.fmean(words) if words else float("nan"),
+            "median_words": float(statistics.median(words)) if words else float("nan"),
+            "short_answer_rate": sum(w < short_words for w in words) / len(words) if words else float("nan"),
+        }
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[str(r.get("group") or r.get("type") or "uncategorised")].append(r)
+    out = stats(rows)
+    out["per_group"] = {g: stats(rs) for g, rs in sorted(groups.items())}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- sources
+
+
+def load_helpful_reference(path: str | Path | None = None, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """Project-written helpful Q/A (default: bundled ``helpful_reference.jsonl``) as ``{id, prompt, response}``
+    with ``prompt`` a message list."""
+    p = Path(path) if path else suite_dir() / HELPFUL_REFERENCE
+    rows: list[dict[str, Any]] = []
+    with open(p, encoding="utf-8") as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{ln}: not valid JSON ({e.msg}).") from e
+            for key in ("id", "prompt", "response"):
+                if key not in row:
+                    raise ValueError(f"{p}:{ln}: missing field '{key}'; expected {{id, prompt, response}}.")
+            if not isinstance(row["response"], str) or not row["response"].strip():
+                raise ValueError(f"{p}:{ln}: field 'response' must be non-empty text.")
+            rows.append(
+                {
+                    "id": str(row["id"]),
+                    "prompt": as_messages(row["prompt"], where=f"{p}:{ln}"),
+                    "response": row["response"],
+                }
+            )
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+    return rows
+
+
+def load_hh_helpful(
+    path: str | None = None, *, split: str = "test", max_rows: int | None = None
+) -> list[PreferenceExample]:
+    """hh-rlhf helpful-base pairs: a local ``.jsonl(.gz)`` path, or (``path`` None) hub ``Anthropic/hh-rlhf``
+    with ``data_dir='helpful-base'``. The first ``max_rows`` parsed pairs (file order)."""
+    if path:
+        if not Path(path).expanduser().exists():
+            raise FileNotFoundError(
+                f"hh-rlhf helpful-base file {path} does not exist; set eval.retention.hh_rlhf.path to a "
+                "helpful-base .jsonl.gz, or null to read hub Anthropic/hh-rlhf (data_dir helpful-base)."
+            )
+        loaded = hh_rlhf.load(str(Path(path).expanduser()), split=split, source="hh_rlhf:helpful-base")
+    else:
+        loaded = hh_rlhf.load(hh_rlhf.HUB_ID, data_dir="helpful-base", split=split)
+    return list(loaded[:max_rows] if max_rows is not None else loaded)
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if v is None and default is not None else v
+
+
+def run_retention(ck: Any, cfg: Any = None) -> dict[str, Any]:
+    """Likelihood-based retention metrics for one :class:`~safetune.eval.checkpoints.LoadedCheckpoint`.
+
+    ``cfg`` (a dict or DictConfig, see ``conf/eval/retention/default.yaml``)::
+
+        batch_size: 8
+        max_length: 1024
+        normalise: mean            # preference comparison: 'mean' or 'sum' log-likelihood
+        helpful_reference: {enabled: true, path: null, max_rows: null}   # bundled project-written Q/A
+        hh_rlhf: {enabled: true, path: null, split: test, max_rows: 64}  # path null -> hub Anthropic/hh-rlhf
+
+    Returns ``{"checkpoint": label, "checkpoint_id", "sources": {name: result}}`` where each result is
+    ``{"ids": [...], "loglik": [per-example mean token log-lik], "loglik_mean": float, "n": int}`` and, for
+    ``hh_rlhf_helpful``, also ``"preference": [bool per pair]`` and ``"preference_accuracy"`` (a rate dict).
+    ``hh_rlhf_helpful`` log-likelihoods are of the chosen (more helpful) replies.
+    """
+    bs = int(_cfg_get(cfg, "batch_size", 8))
+    max_length = int(_cfg_get(cfg, "max_length", 1024))
+    normalise = str(_cfg_get(cfg, "normalise", "mean"))
+    model, tok, fmt = ck.model, ck.tokenizer, ck.formatter
+    out: dict[str, Any] = {"checkpoint": ck.label, "checkpoint_id": ck.checkpoint_id, "sources": {}}
+
+    ref_cfg = _cfg_get(cfg, "helpful_reference", {}) or {}
+    if _cfg_get(ref_cfg, "enabled", True):
+        rows = load_helpful_reference(_cfg_get(ref_cfg, "path"), _cfg_get(ref_cfg, "max_rows"))
+        ll = helpful_loglik(model, tok, fmt, [(r["prompt"], r["response"]) for r in rows], bs, max_length=max_length)
+        out["sources"]["helpful_reference"] = {
+            "ids": [r["id"] for r in rows],
+            "loglik": ll,
+            "loglik_mean": statistics.fmean(ll) if ll else float("nan"),
+            "n": len(ll),
+        }
+
+    hh_cfg = _cfg_get(cfg, "hh_rlhf", {}) or {}
+    if _cfg_get(hh_cfg, "enabled", True):
+        exs = load_hh_helpful(
+            _cfg_get(hh_cfg, "path"),
+            split=str(_cfg_get(hh_cfg, "split", "test")),
+            max_rows=_cfg_get(hh_cfg, "max_rows"),
+        )
+        ll = helpful_loglik(model, tok, fmt, [(e.prompt, e.chosen) for e in exs], bs, max_length=max_length)
+        pref = preference_accuracy(model, tok, fmt, exs, batch_size=bs, normalise=normalise, max_length=max_length)
+        out["sources"]["hh_rlhf_helpful"] = {
+            "ids": [e.id for e in exs],
+            "loglik": ll,
+            "loglik_mean": statistics.fmean(ll) if ll else float("nan"),
+            "n": len(ll),
+            "preference": pref,
+            "preference_accuracy": rate(sum(pref), len(pref)),
+        }
+    return out
+
+
+def compare_retention(
+    base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Deltas of ``other`` against ``base`` (both :func:`run_retention` results), aligned by example id.
+
+    Returns ``{"base": label, "other": label, "sources": {name: {"loglik": report, "preference": report}}}``
+    with :func:`retention_report` dicts; only sources (and ids) present in both are compared.
+    """
+    res: dict[str, Any] = {"base": base.get("checkpoint"), "other": other.get("checkpoint"), "sources": {}}
+    for name, b in base["sources"].items():
+        o = other["sources"].get(name)
+        if o is None:
+            continue
+        pos = {i: k for k, i in enumerate(o["ids"])}
+        common = [(k, pos[i]) for k, i in enumerate(b["ids"]) if i in pos]
+        if len(common) < len(b["ids"]):
+            log.warning("retention %s: %d of %d examples are in both results", name, len(common), len(b["ids"]))
+        kw = {"n_boot": n_boot, "seed": seed, "confidence": confidence}
+        entry = {
+            "loglik": retention_report([b["loglik"][k] for k, _ in common], [o["loglik"][j] for _, j in common], **kw)
+        }
+        if "preference" in b and "preference" in o:
+            entry["preference"] = retention_report(
+                [b["preference"][k] for k, _ in common], [o["preference"][j] for _, j in common], kind="accuracy", **kw
+            )
+        res["sources"][name] = entry
+    return res
