@@ -9,7 +9,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from safetune import CONF_DIR
-
 from safetune.eval.metrics import mcnemar_exact
 from safetune.eval.report import load_results, load_verdicts
 

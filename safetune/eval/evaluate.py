@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from safetune import CONF_DIR, runs
+from safetune import CONF_DIR
 from safetune.eval.checkpoints import load_checkpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings, generate
 from safetune.eval.judges import build_judge
