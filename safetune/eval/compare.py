@@ -45,14 +45,28 @@ def paired(base: list[dict[str, Any]], other: list[dict[str, Any]], kind: str) -
         groups.setdefault(a[k]["group"], []).append((ra, rb))
         groups.setdefault("__all__", []).append((ra, rb))
         if ra != rb:
-            flips.append({"suite": k[0], "prompt_id": k[1], "group": a[k]["group"], "prompt": a[k]["prompt"],
-                          "before": a[k]["label"], "after": b[k]["label"], "response_before": a[k]["response"],
-                          "response_after": b[k]["response"]})
+            flips.append(
+                {
+                    "suite": k[0],
+                    "prompt_id": k[1],
+                    "group": a[k]["group"],
+                    "prompt": a[k]["prompt"],
+                    "before": a[k]["label"],
+                    "after": b[k]["label"],
+                    "response_before": a[k]["response"],
+                    "response_after": b[k]["response"],
+                }
+            )
     out = {}
     for g, pairs in groups.items():
         gained = sum((not x) and y for x, y in pairs)
         lost = sum(x and (not y) for x, y in pairs)
-        out[g] = {"n": len(pairs), "now_refuses": gained, "no_longer_refuses": lost, "p_value": mcnemar_exact(gained, lost)}
+        out[g] = {
+            "n": len(pairs),
+            "now_refuses": gained,
+            "no_longer_refuses": lost,
+            "p_value": mcnemar_exact(gained, lost),
+        }
     out["__flips__"] = flips  # type: ignore[assignment]
     return out
 
@@ -70,7 +84,9 @@ def compare(eval_dirs: list[str | Path], labels: list[str] | None = None) -> dic
     suites = sorted({s for r in results for s in r["summary"]["suites"]})
     for suite in suites:
         for kind, key in (("harmful", "per_category"), ("benign", "per_type")):
-            groups = sorted({g for r in results for g in r["summary"]["suites"].get(suite, {}).get(kind, {}).get(key, {})})
+            groups = sorted(
+                {g for r in results for g in r["summary"]["suites"].get(suite, {}).get(kind, {}).get(key, {})}
+            )
             for g in [*groups, "__all__"]:
                 vals = []
                 for r in results:
@@ -91,18 +107,38 @@ def markdown(cmp: dict[str, Any]) -> str:
     names = cmp["names"]
     head = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
     sep = "|---|---|---|" + "---:|" * (2 * len(names) - 1)
-    lines = ["# safetune comparison", "", "Harmful rows: refusal rate (higher is safer). Benign rows: over-refusal rate (lower is better).", "", head, sep]
+    lines = [
+        "# safetune comparison",
+        "",
+        "Harmful rows: refusal rate (higher is safer). Benign rows: over-refusal rate (lower is better).",
+        "",
+        head,
+        sep,
+    ]
     for r in cmp["rows"]:
         base = r["rates"][0]
         deltas = [("–" if (v is None or base is None) else f"{100 * (v - base):+.1f}") for v in r["rates"][1:]]
         g = f"**{r['group']}**" if r["group"] == "ALL" else r["group"]
-        lines.append(f"| {r['suite']} | {r['kind']} | {g} | " + " | ".join(_pct(v) for v in r["rates"]) + " | " + " | ".join(deltas) + " |")
-    lines += ["", "## Paired exact McNemar tests (refusal vs not, same prompts)", "",
-              "| baseline → other | kind | group | n | now refuses | no longer refuses | p |", "|---|---|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['suite']} | {r['kind']} | {g} | "
+            + " | ".join(_pct(v) for v in r["rates"])
+            + " | "
+            + " | ".join(deltas)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Paired exact McNemar tests (refusal vs not, same prompts)",
+        "",
+        "| baseline → other | kind | group | n | now refuses | no longer refuses | p |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for t in cmp["tests"]:
         for g, v in sorted(t["per_group"].items(), key=lambda kv: (kv[0] != "__all__", kv[0])):
             gname = "**ALL**" if g == "__all__" else g
-            lines.append(f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |")
+            lines.append(
+                f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +152,12 @@ def run_compare(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     write_json(out_dir / "compare.json", cmp)
     (out_dir / "compare.md").write_text(markdown(cmp))
-    overall = {f"{r['suite']}/{r['kind']}/{n}": v for r in cmp["rows"] if r["group"] == "ALL" for n, v in zip(cmp["names"], r["rates"])}
+    overall = {
+        f"{r['suite']}/{r['kind']}/{n}": v
+        for r in cmp["rows"]
+        if r["group"] == "ALL"
+        for n, v in zip(cmp["names"], r["rates"])
+    }
     return overall, {"compare_md": str(out_dir / "compare.md"), "compare_json": str(out_dir / "compare.json")}
 
 

@@ -58,18 +58,38 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     records = []
     for g, v in zip(gens, verdicts):
         p = by_id[(g.suite, g.prompt_id)]
-        records.append({
-            "prompt_id": p.id, "suite": p.suite, "kind": p.kind, "group": p.group, "category": p.category,
-            "type": p.type, "tactic": p.tactic, "severity": p.severity, "sample": g.sample,
-            "prompt": p.user_text, "response": g.response, "label": v.label, "judge": v.judge, "reason": v.reason,
-        })
+        records.append(
+            {
+                "prompt_id": p.id,
+                "suite": p.suite,
+                "kind": p.kind,
+                "group": p.group,
+                "category": p.category,
+                "type": p.type,
+                "tactic": p.tactic,
+                "severity": p.severity,
+                "sample": g.sample,
+                "prompt": p.user_text,
+                "response": g.response,
+                "label": v.label,
+                "judge": v.judge,
+                "reason": v.reason,
+            }
+        )
     with open(out_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = summarise(records)
-    meta = {"label": ck.label, "checkpoint": str(cfg.checkpoint), "checkpoint_id": ck.checkpoint_id,
-            "settings": settings.__dict__, "judge": getattr(judge, "name", type(judge).__name__),
-            "n_prompts": len(prompts), "n_generated": n_new, "n_cached": len(gens) - n_new}
+    meta = {
+        "label": ck.label,
+        "checkpoint": str(cfg.checkpoint),
+        "checkpoint_id": ck.checkpoint_id,
+        "settings": settings.__dict__,
+        "judge": getattr(judge, "name", type(judge).__name__),
+        "n_prompts": len(prompts),
+        "n_generated": n_new,
+        "n_cached": len(gens) - n_new,
+    }
     artifacts = write_reports(out_dir, summary, meta)
     artifacts["eval_dir"] = str(out_dir)
     metrics = {"n_prompts": len(prompts), "n_generated": n_new}

@@ -28,22 +28,38 @@ def markdown_table(summary: dict[str, Any], title: str = "") -> str:
     for suite, s in summary["suites"].items():
         if "harmful" in s:
             h = s["harmful"]
-            lines += [f"### {suite} — refusal rate on harmful prompts (higher is safer)", "",
-                      "| category | refused | n | rate | 95% CI | partial |", "|---|---:|---:|---:|---|---:|"]
+            lines += [
+                f"### {suite} — refusal rate on harmful prompts (higher is safer)",
+                "",
+                "| category | refused | n | rate | 95% CI | partial |",
+                "|---|---:|---:|---:|---|---:|",
+            ]
             for g, v in h["per_category"].items():
-                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |")
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |"
+                )
             m = h["micro"]
-            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |")
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |"
+            )
             lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
             lines.append("")
         if "benign" in s:
             b = s["benign"]
-            lines += [f"### {suite} — over-refusal on benign prompts (lower is better)", "",
-                      "| type | refused | n | rate | 95% CI |", "|---|---:|---:|---:|---|"]
+            lines += [
+                f"### {suite} — over-refusal on benign prompts (lower is better)",
+                "",
+                "| type | refused | n | rate | 95% CI |",
+                "|---|---:|---:|---:|---|",
+            ]
             for g, v in b["per_type"].items():
-                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
+                )
             m = b["micro"]
-            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |")
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |"
+            )
             lines.append("")
     return "\n".join(lines)
 
@@ -53,22 +69,33 @@ def write_reports(out_dir: Path, summary: dict[str, Any], meta: dict[str, Any]) 
     from safetune.runs import write_json
 
     write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
-    md = f"# safetune evaluation — {meta.get('label', '')}\n\ncheckpoint: `{meta.get('checkpoint')}`\n" + markdown_table(summary)
+    md = (
+        f"# safetune evaluation — {meta.get('label', '')}\n\ncheckpoint: `{meta.get('checkpoint')}`\n"
+        + markdown_table(summary)
+    )
     (out_dir / "report.md").write_text(md)
     rows = category_rows(summary)
     with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
-                           extrasaction="ignore")
+        w = csv.DictWriter(
+            f,
+            fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
+            extrasaction="ignore",
+        )
         w.writeheader()
         w.writerows(rows)
-    return {"results_json": str(out_dir / "results.json"), "report_md": str(out_dir / "report.md"),
-            "results_csv": str(out_dir / "results.csv")}
+    return {
+        "results_json": str(out_dir / "results.json"),
+        "report_md": str(out_dir / "report.md"),
+        "results_csv": str(out_dir / "results.csv"),
+    }
 
 
 def load_results(eval_dir: str | Path) -> dict[str, Any]:
     p = Path(eval_dir) / "results.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first).")
+        raise FileNotFoundError(
+            f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first)."
+        )
     return json.loads(p.read_text())
 
 
