@@ -1,4 +1,8 @@
-"""Evaluation reports: JSON, Markdown, CSV (and a rich table on the terminal)."""
+"""Evaluation reports: JSON, Markdown, CSV and a self-contained HTML page with charts.
+
+Extensible: ``write_reports(..., sections=[(title, markdown), ...])`` appends further sections (e.g. refusal
+quality, capability retention) to the Markdown and HTML; extra top-level keys of ``summary`` land in the JSON.
+"""
 
 from __future__ import annotations
 
