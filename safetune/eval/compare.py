@@ -100,10 +100,11 @@ def compare(eval_dirs: list[str | Path], labels: list[str] | None = None) -> dic
             pr = paired(verdicts[0], verdicts[i], kind)
             flips = pr.pop("__flips__")
             tests.append({"baseline": names[0], "other": names[i], "kind": kind, "per_group": pr, "flips": flips})
-    return {"names": names, "dirs": [str(d) for d in dirs], "rows": rows, "tests": tests}
+    overall = {n: r["summary"].get("overall", {}) for n, r in zip(names, results)}
+    return {"names": names, "dirs": [str(d) for d in dirs], "rows": rows, "tests": tests, "overall": overall}
 
 
-def markdown(cmp: dict[str, Any]) -> str:
+def markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
     names = cmp["names"]
     head = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
     sep = "|---|---|---|" + "---:|" * (2 * len(names) - 1)
@@ -148,17 +149,24 @@ def run_compare(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     cmp = compare(evals, labels)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.paths.evals) / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
+    from safetune.eval.html import render_html
     from safetune.runs import write_json
 
     write_json(out_dir / "compare.json", cmp)
-    (out_dir / "compare.md").write_text(markdown(cmp))
+    md = markdown(cmp, int(cfg.get("max_flips") or 5))
+    (out_dir / "compare.md").write_text(md)
+    (out_dir / "compare.html").write_text(render_html("safetune comparison", md, list(cmp["overall"].items())))
     overall = {
         f"{r['suite']}/{r['kind']}/{n}": v
         for r in cmp["rows"]
         if r["group"] == "ALL"
         for n, v in zip(cmp["names"], r["rates"])
     }
-    return overall, {"compare_md": str(out_dir / "compare.md"), "compare_json": str(out_dir / "compare.json")}
+    return overall, {
+        "compare_md": str(out_dir / "compare.md"),
+        "compare_json": str(out_dir / "compare.json"),
+        "compare_html": str(out_dir / "compare.html"),
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
