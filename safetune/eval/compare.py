@@ -140,7 +140,35 @@ def markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
             lines.append(
                 f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
             )
+    lines += flips_markdown(cmp, max_per_direction)
     return "\n".join(lines) + "\n"
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    t = " ".join(str(text).split())
+    return (t[:limit] + "…") if len(t) > limit else t
+
+
+def flips_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> list[str]:
+    """Flipped examples per comparison: refused now / not before, and refused before / not now."""
+    lines = ["", "## Flipped examples", ""]
+    for t in cmp["tests"]:
+        flips = t.get("flips", [])
+        for now_refuses, title in ((True, "refused now, not before"), (False, "refused before, not now")):
+            sel = [f for f in flips if (f["after"] == "refusal") == now_refuses]
+            if not sel:
+                continue
+            lines += [f"### {t['baseline']} → {t['other']} · {t['kind']} prompts · {title} ({len(sel)})", ""]
+            for f in sel[:max_per_direction]:
+                lines += [
+                    f"- **{f['suite']} / {f['group']}** `{f['prompt_id']}`: {_quote(f['prompt'], 200)}",
+                    f"> before ({f['before']}): {_quote(f['response_before'])}",
+                    f"> after ({f['after']}): {_quote(f['response_after'])}",
+                    "",
+                ]
+            if len(sel) > max_per_direction:
+                lines += [f"…and {len(sel) - max_per_direction} more in compare.json.", ""]
+    return lines
 
 
 def run_compare(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -49,8 +49,8 @@ def group_bars(entries: list[tuple[str, dict[str, Any]]], kind: str, title: str)
                 v = per[g]
                 ys.append(i + (j - (n - 1) / 2) * height)
                 xs.append(100 * v["rate"])
-                lo.append(100 * (v["rate"] - v["ci_low"]))
-                hi.append(100 * (v["ci_high"] - v["rate"]))
+                lo.append(max(0.0, 100 * (v["rate"] - v["ci_low"])))
+                hi.append(max(0.0, 100 * (v["ci_high"] - v["rate"])))
         ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=2, label=name, error_kw={"elinewidth": 0.8})
     ax.set_yticks(range(len(groups)))
     ax.set_yticklabels(groups, fontsize=8)
@@ -60,6 +60,10 @@ def group_bars(entries: list[tuple[str, dict[str, Any]]], kind: str, title: str)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
+
+
+def _err(x: float) -> float:
+    return max(0.0, 100 * x)  # float noise can put a Wilson bound a hair past the rate
 
 
 def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
@@ -73,8 +77,8 @@ def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
         ax.errorbar(
             100 * b["rate"],
             100 * h["rate"],
-            xerr=[[100 * (b["rate"] - b["ci_low"])], [100 * (b["ci_high"] - b["rate"])]],
-            yerr=[[100 * (h["rate"] - h["ci_low"])], [100 * (h["ci_high"] - h["rate"])]],
+            xerr=[[_err(b["rate"] - b["ci_low"])], [_err(b["ci_high"] - b["rate"])]],
+            yerr=[[_err(h["rate"] - h["ci_low"])], [_err(h["ci_high"] - h["rate"])]],
             fmt="o",
             capsize=3,
         )
