@@ -72,8 +72,8 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError("The configured evaluation suites are empty.")
     judge = build_judge(cfg.eval.judge) if state.is_main_process else None
     ck = load_checkpoint(str(cfg.checkpoint), _c(cfg.model), _c(cfg.template))
-    if state.num_processes > 1 and str(state.device) != "cpu":
-        ck.model.to(state.device)
+    if not getattr(ck.model, "is_loaded_in_4bit", False) and next(ck.model.parameters()).device != state.device:
+        ck.model.to(state.device)  # this rank's GPU when there is one (4-bit models are placed at load)
     out_dir = agree_on_dir(Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, ck.label))
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = GenerationSettings.from_cfg(_c(cfg.generation))
@@ -133,6 +133,8 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ov = summary["overall"]
     if "harmful" in ov:
         metrics["harmful_refusal_rate"] = ov["harmful"]["micro"]["rate"]
+        metrics["harmful_refusal_macro"] = ov["harmful"]["macro"]
+        metrics["harmful_partial_rate"] = ov["harmful"]["partial_rate"]
     if "benign" in ov:
         metrics["benign_over_refusal_rate"] = ov["benign"]["micro"]["rate"]
     for suite, s in summary["suites"].items():
