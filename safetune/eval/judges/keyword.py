@@ -155,8 +155,7 @@ class KeywordJudge(Judge):
         self.opener_sentences = opener_sentences
 
     def _refusal_sentence(self, sents: list[str]) -> tuple[int, str] | None:
-        for i, raw in enumerate(sents):
-            s = raw
+        for i, s in enumerate(sents):
             if i == 0 and (m := LECTURE_RE.search(s)):
                 return i, m.group(0).strip()
             if NOT_REFUSAL_RE.search(s) and not REFUSAL_RE.search(NOT_REFUSAL_RE.sub("", s)):
