@@ -23,7 +23,7 @@ def test_accelerate_two_processes_match_single_process(tiny_model, suite_file, t
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",  # the torch.distributed launcher; with no GPU the ranks form a CPU (gloo) group
         "--num_processes",
         "2",
         "--num_machines",

@@ -62,11 +62,13 @@ def _vllm_dir(ck: Any, out_dir: Path):
 
 
 def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
     from accelerate import PartialState
 
     from safetune.runs import agree_on_dir
 
-    state = PartialState()
+    # cpu=True lets several CPU processes (torchrun / accelerate's distributed launcher) form a gloo group.
+    state = PartialState(cpu=not torch.cuda.is_available())
     prompts = load_suites(cfg.eval.suite, cfg.get("limit_per_group"))  # fail on bad suites before loading a model
     if not prompts:
         raise ValueError("The configured evaluation suites are empty.")
