@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from eval_judge_cases import TRICKY, XSTEST_LIKE
+from eval_judge_cases import TRICKY, TRUNCATED, XSTEST_LIKE
 
 from safetune.eval.judges.keyword import KeywordJudge
 
 
-@pytest.mark.parametrize(("prompt", "response", "label"), TRICKY, ids=[f"tricky{i}" for i in range(len(TRICKY))])
+@pytest.mark.parametrize(
+    ("prompt", "response", "label"), TRICKY + TRUNCATED, ids=[f"tricky{i}" for i in range(len(TRICKY + TRUNCATED))]
+)
 def test_keyword_tricky_cases(prompt, response, label):
     v = KeywordJudge().judge(prompt, response)
     assert v.label == label, v.reason

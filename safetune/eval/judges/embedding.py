@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,10 @@ class EmbeddingJudge(Judge):
         cfg = Path(self.encoder_path) / "config.json"
         if cfg.is_file():
             enc_id = content_hash(json.loads(cfg.read_text()))
-        return content_hash(
-            [content_hash(data.decode("utf-8", "replace")), enc_id, self.use_prompt, self.keyword_features, self.opts]
-        )[:20]
+        # keyword verdicts are features: a change to the rules retrains the head
+        kw = Path(sys.modules[KeywordJudge.__module__].__file__).read_text() if self.keyword_features else ""
+        parts = [content_hash(data.decode("utf-8", "replace")), enc_id, self.use_prompt, content_hash(kw), self.opts]
+        return content_hash(parts)[:20]
 
     def head_path(self) -> Path:
         return self.cache_dir / f"embedding-head-{self.cache_key()}.safetensors"
