@@ -269,3 +269,18 @@ def test_llm_judge_runs_a_real_tiny_chat_model(tiny_model):
     for v in vs:  # random weights: either a parsed class, or the keyword fallback saying so
         assert v.label in ("refusal", "compliance", "partial")
         assert v.score == 0.9 or "keyword fallback" in v.reason
+
+
+def test_sampling_n_samples_with_seed_is_cached_per_sample(tiny_model, suite_file, tmp_path, monkeypatch):
+    extra = ["generation.do_sample=true", "generation.num_samples=2", "generation.seed=7", "generation.temperature=1.5"]
+    out = tmp_path / "s"
+    m, _ = run_eval(make_cfg(tiny_model, suite_file, out, batch_size=8, extra=extra))
+    assert m["n_generated"] == 22
+    verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert sorted({v["sample"] for v in verdicts}) == [0, 1] and len(verdicts) == 22
+    spy = GenerateSpy(monkeypatch)
+    m2, _ = run_eval(make_cfg(tiny_model, suite_file, out, batch_size=8, extra=extra))
+    assert spy.calls == 0 and m2["n_generated"] == 0
+    other_seed = GenerateSpy(monkeypatch)
+    run_eval(make_cfg(tiny_model, suite_file, out, batch_size=8, extra=[*extra[:2], "generation.seed=8", extra[3]]))
+    assert other_seed.rows == 22  # a new seed is a new cache key
