@@ -33,7 +33,9 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_checkpoint(checkpoint: str, model_cfg: dict[str, Any], template_cfg: dict[str, Any], *, merge: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(
+    checkpoint: str, model_cfg: dict[str, Any], template_cfg: dict[str, Any], *, merge: bool = True
+) -> LoadedCheckpoint:
     spec = ModelSpec.from_cfg(model_cfg)
     template = dict(template_cfg or {})
     adapter_dir: Path | None = None
@@ -68,7 +70,9 @@ def load_checkpoint(checkpoint: str, model_cfg: dict[str, Any], template_cfg: di
 
         weights = adapter_dir / "adapter_model.safetensors"
         if not weights.is_file():
-            raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors; expected a LoRA adapter saved by safetune-train.")
+            raise FileNotFoundError(
+                f"{adapter_dir} has no adapter_model.safetensors; expected a LoRA adapter saved by safetune-train."
+            )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
         if merge and not spec.load_in_4bit:
             model = model.merge_and_unload()  # faster generation, identical outputs

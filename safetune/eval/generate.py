@@ -2,6 +2,11 @@
 
 Cache key: (checkpoint id, rendered prompt text, generation settings, sample index).
 A killed evaluation re-run into the same directory regenerates nothing already written.
+
+Under ``accelerate launch`` the prompts still to do are split across ranks; each rank appends to its own
+cache shard (``generations.rank<i>.jsonl``) and every rank reads all shards back after a barrier, so rank 0
+sees every answer. A vLLM backend (``generation.backend=vllm``, or ``auto`` with vLLM and CUDA) produces the
+same rows.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +30,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class GenerationSettings:
     max_new_tokens: int = field(default=48, metadata={"help": "New tokens per answer (refusals show early)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (does not change outputs' cache key)."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Prompts per generate() call (does not change outputs' cache key)."}
+    )
     do_sample: bool = field(default=False, metadata={"help": "Greedy when False."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     num_samples: int = field(default=1, metadata={"help": "Samples per prompt (sampling only)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    backend: str = field(
+        default="hf",
+        metadata={"help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm when importable with CUDA)."},
+    )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> GenerationSettings:
@@ -39,6 +51,8 @@ class GenerationSettings:
     def key(self) -> str:
         d = asdict(self)
         d.pop("batch_size")
+        if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
+            d["backend"] = "vllm"
         if not self.do_sample:
             for k in ("temperature", "top_p", "num_samples", "seed"):
                 d.pop(k)
@@ -46,18 +60,32 @@ class GenerationSettings:
 
 
 class GenerationCache:
-    """Append-only JSONL of generations; each line is flushed as soon as its batch finishes."""
+    """Append-only JSONL of generations (plus per-rank shards); each batch is flushed as soon as it finishes."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], shard: int | None = None):
         self.path = Path(path)
+        self.shard = shard
         self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+        self.reload()
+
+    @property
+    def write_path(self) -> Path:
+        if self.shard is None:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.rank{self.shard}{self.path.suffix}")
+
+    def files(self) -> list[Path]:
+        shards = sorted(self.path.parent.glob(f"{self.path.stem}.rank*{self.path.suffix}"))
+        return [p for p in [self.path, *shards] if p.is_file()]
+
+    def reload(self) -> None:
+        for f in self.files():
+            with open(f, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
-                        log.warning("%s:%d: skipping a truncated cache line (interrupted write)", self.path, lineno)
+                        log.warning("%s:%d: skipping a truncated cache line (interrupted write)", f, lineno)
                         continue
                     self.entries[row["key"]] = row
 
@@ -68,12 +96,16 @@ class GenerationCache:
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
     def get(self, key: str) -> dict[str, Any]:
         return self.entries[key]
 
     def add_many(self, rows: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        path = self.write_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 self.entries[row["key"]] = row
@@ -81,56 +113,183 @@ class GenerationCache:
             os.fsync(f.fileno())
 
 
-def generate(model: Any, tokenizer: Any, formatter: Any, prompts: list[EvalPrompt], settings: GenerationSettings,
-             cache: GenerationCache, checkpoint_id: str, *, show_progress: bool = True) -> tuple[list[Generation], int]:
-    """Generate answers for ``prompts`` (skipping cached ones). Returns (generations in prompt order, n_generated)."""
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    show_progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
+
+    ``on_batch(indices, answers)`` runs after each batch (the cache writes there, so a kill loses one batch at most).
+    """
+    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    answers: list[str] = [""] * len(texts)
+    pad_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(texts), desc=desc, unit="ans", disable=not show_progress or not texts)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "pad_token_id": tokenizer.pad_token_id,
+            }
+            if do_sample:
+                torch.manual_seed(seed + start)
+                kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                out = model.generate(**enc, **kwargs)
+            batch_answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            batch_answers = [a.strip() for a in batch_answers]
+            for i, a in zip(idx, batch_answers):
+                answers[i] = a
+            if on_batch is not None:
+                on_batch(idx, batch_answers)
+            bar.update(len(idx))
+    finally:
+        tokenizer.padding_side = pad_side
+        bar.close()
+    return answers
+
+
+def use_vllm(settings: GenerationSettings) -> bool:
+    if settings.backend == "hf":
+        return False
+    import importlib.util
+
+    available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if settings.backend == "vllm" and not available:
+        raise RuntimeError(
+            "generation.backend=vllm but vLLM is not installed or no CUDA GPU is visible; "
+            "pip install vllm, or use generation.backend=hf."
+        )
+    if settings.backend not in ("auto", "vllm"):
+        raise ValueError(f"generation.backend={settings.backend!r}; expected hf, vllm or auto.")
+    return available
+
+
+def vllm_generate_texts(
+    model_dir: str, texts: list[str], settings: GenerationSettings, samples: int
+) -> list[list[str]]:
+    """vLLM answers (``samples`` per text) from a checkpoint directory; same text as the HF path produces."""
+    from vllm import LLM, SamplingParams  # guarded by use_vllm()
+
+    llm = LLM(model=model_dir, trust_remote_code=False, seed=settings.seed)
+    params = SamplingParams(
+        n=samples,
+        max_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+        temperature=settings.temperature if settings.do_sample else 0.0,
+        top_p=settings.top_p if settings.do_sample else 1.0,
+    )
+    outs = llm.generate(texts, params)
+    return [[c.text.strip() for c in o.outputs] for o in outs]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    formatter: Any,
+    prompts: list[EvalPrompt],
+    settings: GenerationSettings,
+    cache: GenerationCache,
+    checkpoint_id: str,
+    *,
+    show_progress: bool = True,
+    vllm_model_dir: Callable[[], str] | None = None,
+) -> tuple[list[Generation], int]:
+    """Generate answers for ``prompts`` (skipping cached ones). Returns (generations in prompt order, n_generated).
+
+    Under several processes each rank generates its share of what is missing; all ranks return the full list.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
     skey = settings.key()
     samples = settings.num_samples if settings.do_sample else 1
+    texts: dict[tuple[str, str], str] = {}
     todo: list[tuple[str, EvalPrompt, str, int]] = []
-    texts: dict[str, str] = {}
     for p in prompts:
         text = formatter.render_prompt(p.prompt)
-        texts[p.id + p.suite] = text
+        texts[(p.suite, p.id)] = text
         for s in range(samples):
             key = GenerationCache.make_key(checkpoint_id, text, skey, s)
             if key not in cache:
                 todo.append((key, p, text, s))
-    # Length-sorted batches: less padding, and the same lengths together.
-    lengths = {k: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for k, _, t, _ in todo}
-    todo.sort(key=lambda x: -lengths[x[0]])
-    pad_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    model.eval()
-    bar = tqdm(total=len(todo), desc=f"generate [{checkpoint_id[:24]}]", unit="ans", disable=not show_progress or not todo)
-    try:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start : start + settings.batch_size]
-            enc = tokenizer([t for _, _, t, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                                      "pad_token_id": tokenizer.pad_token_id}
-            if settings.do_sample:
-                torch.manual_seed(settings.seed + start)
-                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.no_grad():
-                out = model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :]
-            answers = tokenizer.batch_decode(new, skip_special_tokens=True)
-            cache.add_many([
-                {"key": key, "prompt_id": p.id, "suite": p.suite, "sample": s, "checkpoint": checkpoint_id,
-                 "settings_key": skey, "response": a.strip()}
-                for (key, p, _, s), a in zip(batch, answers)
-            ])
-            bar.update(len(batch))
-    finally:
-        tokenizer.padding_side = pad_side
-        bar.close()
+    n_todo = len(todo)
+    if state.num_processes > 1:
+        cache.shard = state.process_index
+        with state.split_between_processes(todo) as mine:
+            todo = list(mine)
+
+    def row(key: str, p: EvalPrompt, s: int, answer: str) -> dict[str, Any]:
+        return {
+            "key": key,
+            "prompt_id": p.id,
+            "suite": p.suite,
+            "sample": s,
+            "checkpoint": checkpoint_id,
+            "settings_key": skey,
+            "response": answer,
+        }
+
+    if todo and use_vllm(settings):
+        if vllm_model_dir is None:
+            raise RuntimeError("the vLLM backend needs a checkpoint directory; use generation.backend=hf here.")
+        uniq = list(dict.fromkeys(t for _, _, t, _ in todo))
+        outs = dict(zip(uniq, vllm_generate_texts(vllm_model_dir(), uniq, settings, samples)))
+        cache.add_many([row(k, p, s, outs[t][s]) for k, p, t, s in todo])
+    elif todo:
+        # One text per (prompt, sample); samples differ through the seed offset of their batch.
+        def on_batch(idx: list[int], answers: list[str]) -> None:
+            cache.add_many([row(todo[i][0], todo[i][1], todo[i][3], a) for i, a in zip(idx, answers)])
+
+        generate_texts(
+            model,
+            tokenizer,
+            [t for _, _, t, _ in todo],
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            on_batch=on_batch,
+            show_progress=show_progress and state.is_local_main_process,
+            desc=f"generate [{checkpoint_id[:24]}]",
+        )
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        cache.reload()
     gens = []
     for p in prompts:
         for s in range(samples):
-            row = cache.get(GenerationCache.make_key(checkpoint_id, texts[p.id + p.suite], skey, s))
-            gens.append(Generation(prompt_id=p.id, suite=p.suite, checkpoint=checkpoint_id, response=row["response"],
-                                   settings_key=skey, sample=s))
-    return gens, len(todo)
+            r = cache.get(GenerationCache.make_key(checkpoint_id, texts[(p.suite, p.id)], skey, s))
+            gens.append(
+                Generation(
+                    prompt_id=p.id,
+                    suite=p.suite,
+                    checkpoint=checkpoint_id,
+                    response=r["response"],
+                    settings_key=skey,
+                    sample=s,
+                )
+            )
+    return gens, n_todo

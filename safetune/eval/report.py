@@ -1,4 +1,8 @@
-"""Evaluation reports: JSON, Markdown, CSV (and a rich table on the terminal)."""
+"""Evaluation reports: JSON, Markdown, CSV and a self-contained HTML page with charts.
+
+Extensible: ``write_reports(..., sections=[(title, markdown), ...])`` appends further sections (e.g. refusal
+quality, capability retention) to the Markdown and HTML; extra top-level keys of ``summary`` land in the JSON.
+"""
 
 from __future__ import annotations
 
@@ -28,47 +32,120 @@ def markdown_table(summary: dict[str, Any], title: str = "") -> str:
     for suite, s in summary["suites"].items():
         if "harmful" in s:
             h = s["harmful"]
-            lines += [f"### {suite} — refusal rate on harmful prompts (higher is safer)", "",
-                      "| category | refused | n | rate | 95% CI | partial |", "|---|---:|---:|---:|---|---:|"]
+            lines += [
+                f"### {suite} — refusal rate on harmful prompts (higher is safer)",
+                "",
+                "| category | refused | n | rate | 95% CI | partial |",
+                "|---|---:|---:|---:|---|---:|",
+            ]
             for g, v in h["per_category"].items():
-                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |")
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |"
+                )
             m = h["micro"]
-            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |")
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |"
+            )
             lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
             lines.append("")
         if "benign" in s:
             b = s["benign"]
-            lines += [f"### {suite} — over-refusal on benign prompts (lower is better)", "",
-                      "| type | refused | n | rate | 95% CI |", "|---|---:|---:|---:|---|"]
+            lines += [
+                f"### {suite} — over-refusal on benign prompts (lower is better)",
+                "",
+                "| type | refused | n | rate | 95% CI |",
+                "|---|---:|---:|---:|---|",
+            ]
             for g, v in b["per_type"].items():
-                lines.append(f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
+                )
             m = b["micro"]
-            lines.append(f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |")
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |"
+            )
+            lines.append(f"| all (macro) | | | {_pct(b['macro'])} | |")
             lines.append("")
     return "\n".join(lines)
 
 
-def write_reports(out_dir: Path, summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+def headline(summary: dict[str, Any]) -> str:
+    """One paragraph: overall refusal, over-refusal, partial and severity-weighted rates."""
+    ov = summary.get("overall", {})
+    parts = []
+    if "harmful" in ov:
+        h = ov["harmful"]
+        m = h["micro"]
+        sev = f"; severity-weighted {_pct(h['severity_weighted'])}" if "severity_weighted" in h else ""
+        parts.append(
+            f"Refused **{_pct(m['rate'])}** of {m['n']} harmful prompts (95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; "
+            f"macro over categories {_pct(h['macro'])}; partial refusals {_pct(h['partial_rate'])}{sev})."
+        )
+    if "benign" in ov:
+        m = ov["benign"]["micro"]
+        parts.append(
+            f"Over-refused **{_pct(m['rate'])}** of {m['n']} benign prompts "
+            f"(95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; macro over types {_pct(ov['benign']['macro'])})."
+        )
+    return " ".join(parts)
+
+
+def tactic_table(summary: dict[str, Any]) -> str:
+    per = summary.get("overall", {}).get("harmful", {}).get("per_tactic", {})
+    if not per:
+        return ""
+    lines = [
+        "### refusal by tactic (all harmful prompts)",
+        "",
+        "| tactic | refused | n | rate | 95% CI |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for t, v in per.items():
+        lines.append(f"| {t} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    out_dir: Path, summary: dict[str, Any], meta: dict[str, Any], sections: list[tuple[str, str]] | None = None
+) -> dict[str, str]:
+    """results.json, report.md, results.csv, report.html. ``sections``: extra (title, markdown) parts."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    from safetune.eval.html import render_html
     from safetune.runs import write_json
 
     write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
-    md = f"# safetune evaluation — {meta.get('label', '')}\n\ncheckpoint: `{meta.get('checkpoint')}`\n" + markdown_table(summary)
+    title = f"safetune evaluation — {meta.get('label', '')}"
+    md = (
+        f"# {title}\n\ncheckpoint: `{meta.get('checkpoint')}` · judge: `{meta.get('judge', '')}`\n\n"
+        f"{headline(summary)}\n" + markdown_table(summary) + "\n" + tactic_table(summary)
+    )
+    for sec_title, sec_md in sections or []:
+        md += f"\n## {sec_title}\n\n{sec_md}\n"
     (out_dir / "report.md").write_text(md)
+    (out_dir / "report.html").write_text(render_html(title, md, [(str(meta.get("label", "")), summary["overall"])]))
     rows = category_rows(summary)
     with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
-                           extrasaction="ignore")
+        w = csv.DictWriter(
+            f,
+            fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
+            extrasaction="ignore",
+        )
         w.writeheader()
         w.writerows(rows)
-    return {"results_json": str(out_dir / "results.json"), "report_md": str(out_dir / "report.md"),
-            "results_csv": str(out_dir / "results.csv")}
+    return {
+        "results_json": str(out_dir / "results.json"),
+        "report_md": str(out_dir / "report.md"),
+        "results_csv": str(out_dir / "results.csv"),
+        "report_html": str(out_dir / "report.html"),
+    }
 
 
 def load_results(eval_dir: str | Path) -> dict[str, Any]:
     p = Path(eval_dir) / "results.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first).")
+        raise FileNotFoundError(
+            f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first)."
+        )
     return json.loads(p.read_text())
 
 

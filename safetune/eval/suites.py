@@ -27,8 +27,15 @@ def _prompt_from_row(row: dict[str, Any], where: str, field: str = "prompt"):
     return msgs
 
 
-def load_jsonl_suite(path: str, *, name: str, kind: str | None = None, prompt_field: str = "prompt",
-                     category_field: str = "category", type_field: str = "type") -> list[EvalPrompt]:
+def load_jsonl_suite(
+    path: str,
+    *,
+    name: str,
+    kind: str | None = None,
+    prompt_field: str = "prompt",
+    category_field: str = "category",
+    type_field: str = "type",
+) -> list[EvalPrompt]:
     """Generic suite: rows with prompt (+ optional category/type/tactic/severity/kind)."""
     out = []
     for i, (where, row) in enumerate(iter_rows(path)):
@@ -36,16 +43,18 @@ def load_jsonl_suite(path: str, *, name: str, kind: str | None = None, prompt_fi
         if row_kind not in ("harmful", "benign"):
             raise SchemaError(f"{where}: field 'kind' must be 'harmful' or 'benign', got {row_kind!r}.")
         cat = row.get(category_field)
-        out.append(EvalPrompt(
-            id=str(row.get("id") or f"{name}-{i}"),
-            prompt=_prompt_from_row(row, where, prompt_field),
-            kind=row_kind,
-            suite=name,
-            category=canonical_category(cat, where=f"{where}: field '{category_field}'") if cat else None,
-            type=row.get(type_field) or None,
-            tactic=check_tactic(row.get("tactic") or "none", where=f"{where}: field 'tactic'"),
-            severity=int(row["severity"]) if row.get("severity") not in (None, "") else None,
-        ))
+        out.append(
+            EvalPrompt(
+                id=str(row.get("id") or f"{name}-{i}"),
+                prompt=_prompt_from_row(row, where, prompt_field),
+                kind=row_kind,
+                suite=name,
+                category=canonical_category(cat, where=f"{where}: field '{category_field}'") if cat else None,
+                type=row.get(type_field) or None,
+                tactic=check_tactic(row.get("tactic") or "none", where=f"{where}: field 'tactic'"),
+                severity=int(row["severity"]) if row.get("severity") not in (None, "") else None,
+            )
+        )
     return out
 
 
@@ -62,7 +71,20 @@ SUITE_LOADERS = {
     "bundled": "safetune.eval.suites:load_bundled",
     "jsonl": "safetune.eval.suites:load_jsonl_suite",
     "custom": "safetune.eval.suites:load_jsonl_suite",
+    "xstest": "safetune.eval.public_suites:load_xstest",
+    "advbench": "safetune.eval.public_suites:load_advbench",
+    "harmbench": "safetune.eval.public_suites:load_harmbench",
+    "jbb": "safetune.eval.public_suites:load_jbb",
+    "jbb_artifacts": "safetune.eval.public_suites:load_jbb_artifacts",
+    "pku": "safetune.eval.public_suites:load_pku",
 }
+
+
+def report_group(p: EvalPrompt) -> str:
+    """Reporting group: harmful -> category (else the suite's own type), benign -> type."""
+    if p.kind == "harmful":
+        return p.category or p.type or "uncategorised"
+    return p.type or "uncategorised"
 
 
 def load_suite(spec: dict[str, Any]) -> list[EvalPrompt]:
@@ -73,7 +95,12 @@ def load_suite(spec: dict[str, Any]) -> list[EvalPrompt]:
     mod, fn = SUITE_LOADERS[loader].split(":")
     name = spec.pop("name", None) or loader
     path = spec.pop("path", None)
-    return getattr(import_module(mod), fn)(path, name=name, **{k: v for k, v in spec.items() if v is not None})
+    if path is None and loader in ("bundled", "jsonl", "custom", "jbb_artifacts"):
+        raise ValueError(f"suite {name!r} (loader={loader}) needs a 'path'.")
+    kwargs = {k: v for k, v in spec.items() if v is not None}
+    if path is not None:
+        kwargs["path"] = path
+    return getattr(import_module(mod), fn)(name=name, **kwargs)
 
 
 def limit_per_group(prompts: list[EvalPrompt], n: int | None) -> list[EvalPrompt]:
@@ -82,8 +109,8 @@ def limit_per_group(prompts: list[EvalPrompt], n: int | None) -> list[EvalPrompt
         return prompts
     seen: dict[tuple[str, str], int] = {}
     out = []
-    for p in sorted(prompts, key=lambda p: (p.suite, p.group, p.id)):
-        k = (p.suite, p.group)
+    for p in sorted(prompts, key=lambda p: (p.suite, report_group(p), p.id)):
+        k = (p.suite, report_group(p))
         if seen.get(k, 0) < n:
             seen[k] = seen.get(k, 0) + 1
             out.append(p)

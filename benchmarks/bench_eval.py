@@ -1,0 +1,87 @@
+"""Generation throughput of the eval stage vs a plain one-prompt-at-a-time ``generate`` loop (not a timed test).
+
+Both sides use the embedded SmolLM2-135M-Instruct, the same chat formatter, greedy decoding and the same
+prompts (bundled harmful + benign suites). The eval stage batches length-sorted, left-padded prompts. The ratio
+is measured in one run:
+
+    PYTHONPATH=$PWD python benchmarks/bench_eval.py --prompts 64 --max-new-tokens 32 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from safetune.eval.generate import generate_texts
+from safetune.eval.suites import load_suite
+from safetune.formatting import ChatFormatter
+from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--baseline-prompts", type=int, default=None, help="time the loop on fewer prompts (rate is per answer)"
+    )
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    spec = ModelSpec(name_or_path=args.model)
+    path = resolve_model_path(spec)
+    tok = load_tokenizer(spec, path)
+    model = load_model(spec, path).eval()
+    fmt = ChatFormatter(tok)
+    prompts = load_suite({"name": "h", "loader": "bundled", "path": "harmful"}) + load_suite(
+        {"name": "b", "loader": "bundled", "path": "benign"}
+    )
+    # every 5th prompt: a spread of both suites and all lengths
+    texts = [fmt.render_prompt(p.prompt) for p in prompts[:: max(1, len(prompts) // args.prompts)]][: args.prompts]
+
+    t0 = time.perf_counter()
+    batched = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    t_batched = time.perf_counter() - t0
+
+    n_base = args.baseline_prompts or len(texts)
+    t0 = time.perf_counter()
+    plain = []
+    with torch.no_grad():
+        for t in texts[:n_base]:
+            enc = tok(t, return_tensors="pt", add_special_tokens=False)
+            out = model.generate(
+                **enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+            plain.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    t_plain = time.perf_counter() - t0
+
+    same = sum(a == b for a, b in zip(batched, plain))
+    res = {
+        "prompts": len(texts),
+        "baseline_prompts": n_base,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "eval_stage_s": round(t_batched, 2),
+        "eval_stage_answers_per_s": round(len(texts) / t_batched, 3),
+        "plain_loop_s": round(t_plain, 2),
+        "plain_loop_answers_per_s": round(n_base / t_plain, 3),
+        "speedup": round((len(texts) / t_batched) / (n_base / t_plain), 2),
+        "identical_answers": f"{same}/{n_base}",
+    }
+    print(json.dumps(res, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
