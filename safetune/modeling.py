@@ -205,8 +205,19 @@ def bnb_4bit_config(compute_dtype: torch.dtype):
     )
 
 
-def lora_config(peft_cfg: Any, num_layers: int | None = None):
-    """Build a ``peft.LoraConfig`` from the ``peft`` config group (None when ``peft.method=none``)."""
+def linear_leaf_names(model: Any) -> list[str]:
+    """Leaf names of the decoder's linear layers (q_proj, up_proj, ...), excluding the LM head."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    return sorted(names)
+
+
+def lora_config(peft_cfg: Any, model: Any = None):
+    """Build a ``peft.LoraConfig`` from the ``peft`` config group (None when ``peft.method=none``).
+
+    ``model`` (optional) lets ``top_layers`` resolve the layer count and expand ``all-linear``
+    (peft cannot combine a string target with ``layers_to_transform``).
+    """
+    num_layers = model if isinstance(model, int) else getattr(getattr(model, "config", None), "num_hidden_layers", None)
     from peft import LoraConfig
 
     d = dict(peft_cfg)
@@ -220,6 +231,12 @@ def lora_config(peft_cfg: Any, num_layers: int | None = None):
     if top and num_layers:
         # Adapters only on the top N layers: backward stops there, so a step costs far less on CPU.
         d["layers_to_transform"] = list(range(max(num_layers - int(top), 0), num_layers))
+        if d.get("target_modules") == "all-linear":
+            if model is None or isinstance(model, int):
+                raise ValueError("peft.top_layers with target_modules=all-linear needs the model to list its linear layers.")
+            d["target_modules"] = linear_leaf_names(model)
+    elif top:
+        raise ValueError(f"peft.top_layers={top} but the model config has no num_hidden_layers; set peft.layers_to_transform.")
     target = d.get("target_modules")
     if target is not None and not isinstance(target, str):
         d["target_modules"] = list(target)

@@ -105,7 +105,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         eval_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval")
 
     model = load_model(spec, model_path)
-    peft_config = lora_config(to_container(cfg.peft), getattr(model.config, "num_hidden_layers", None))
+    peft_config = lora_config(to_container(cfg.peft), model)
     if spec.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
