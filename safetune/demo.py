@@ -42,11 +42,22 @@ def run_demo(overrides: list[str] | None = None, out_root: str | None = None) ->
     train_ov, eval_ov = _split_overrides(overrides)
     times: dict[str, float] = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        ecfg = compose("eval", overrides=["experiment=demo", *eval_ov, "checkpoint=base", f"out_dir={root / 'eval-base'}"])
+        ecfg = compose(
+            "eval", overrides=["experiment=demo", *eval_ov, "checkpoint=base", f"out_dir={root / 'eval-base'}"]
+        )
         tcfg = compose("train", overrides=["experiment=demo", *train_ov, f"run_dir={root / 'run'}"])
-        ecfg2 = compose("eval", overrides=["experiment=demo", *eval_ov, f"checkpoint={root / 'run'}", f"out_dir={root / 'eval-tuned'}"])
-        ccfg = compose("compare", overrides=[f"evals=[{root / 'eval-base'},{root / 'eval-tuned'}]", "labels=[base,tuned]",
-                                             f"out_dir={root / 'compare'}"])
+        ecfg2 = compose(
+            "eval",
+            overrides=["experiment=demo", *eval_ov, f"checkpoint={root / 'run'}", f"out_dir={root / 'eval-tuned'}"],
+        )
+        ccfg = compose(
+            "compare",
+            overrides=[
+                f"evals=[{root / 'eval-base'},{root / 'eval-tuned'}]",
+                "labels=[base,tuned]",
+                f"out_dir={root / 'compare'}",
+            ],
+        )
     t = time.time()
     log.info("[1/4] evaluating the base model")
     base_metrics, base_art = run_eval(ecfg)
@@ -61,15 +72,22 @@ def run_demo(overrides: list[str] | None = None, out_root: str | None = None) ->
     times["eval_tuned_s"] = time.time() - t
     log.info("[4/4] comparing")
     cmp_metrics, cmp_art = run_compare(ccfg)
-    metrics = {**{f"base/{k}": v for k, v in base_metrics.items() if isinstance(v, float)},
-               **{f"tuned/{k}": v for k, v in tuned_metrics.items() if isinstance(v, float)},
-               **{f"train/{k}": v for k, v in train_metrics.items() if k.startswith("final/") or k == "train_runtime"},
-               **times}
+    metrics = {
+        **{f"base/{k}": v for k, v in base_metrics.items() if isinstance(v, float)},
+        **{f"tuned/{k}": v for k, v in tuned_metrics.items() if isinstance(v, float)},
+        **{f"train/{k}": v for k, v in train_metrics.items() if k.startswith("final/") or k == "train_runtime"},
+        **times,
+    }
     from safetune.runs import write_json
 
     write_json(root / "demo_metrics.json", metrics)
-    artifacts = {"root": str(root), **{f"base_{k}": v for k, v in base_art.items()}, **train_art,
-                 **{f"tuned_{k}": v for k, v in tuned_art.items()}, **cmp_art}
+    artifacts = {
+        "root": str(root),
+        **{f"base_{k}": v for k, v in base_art.items()},
+        **train_art,
+        **{f"tuned_{k}": v for k, v in tuned_art.items()},
+        **cmp_art,
+    }
     return metrics, artifacts
 
 

@@ -12,8 +12,10 @@ from tests.conftest import CONF_DIR, compose
 
 ROOTS = ["train", "eval", "compare"]
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
-          for g in ("model", "data", "template", "peft", "trainer")}
+GROUPS = {
+    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+    for g in ("model", "data", "template", "peft", "trainer")
+}
 
 
 def test_there_are_experiments():

@@ -13,11 +13,30 @@ import pytest
 def test_accelerate_two_processes_one_run_dir(tiny_model_dir, tiny_prefs, tmp_path):
     runs_dir = tmp_path / "runs"
     env = {**os.environ, "SAFETUNE_RUNS": str(runs_dir), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "safetune.train", f"model.name_or_path={tiny_model_dir}",
-           f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
-           "trainer.max_steps=2", "trainer.per_device_train_batch_size=2", "trainer.report_to=[]", "name=ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "safetune.train",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
+        "trainer.max_steps=2",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.report_to=[]",
+        "name=ddp",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dirs = [p for p in runs_dir.iterdir() if p.is_dir()]

@@ -11,20 +11,30 @@ from tests.conftest import compose
 
 @pytest.mark.slow
 def test_train_eval_compare_on_embedded_model(tmp_path, embedded_model_dir, capsys):
-    from safetune.eval.compare import markdown, run_compare
+    from safetune.eval.compare import run_compare
     from safetune.eval.evaluate import run_eval
     from safetune.train import run_train
 
     run_dir = tmp_path / "run"
-    tcfg = compose("train", ["experiment=demo", "data.sources.0.max_rows=8", "trainer.max_steps=2",
-                             "trainer.report_to=[]", f"run_dir={run_dir}"])
+    tcfg = compose(
+        "train",
+        [
+            "experiment=demo",
+            "data.sources.0.max_rows=8",
+            "trainer.max_steps=2",
+            "trainer.report_to=[]",
+            f"run_dir={run_dir}",
+        ],
+    )
     train_metrics, art = run_train(tcfg)
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
     evals = {}
     for name, ckpt in (("base", "base"), ("tuned", str(run_dir))):
-        ecfg = compose("eval", ["limit_per_group=1", "generation.max_new_tokens=12", f"checkpoint={ckpt}",
-                                f"out_dir={tmp_path / name}"])
+        ecfg = compose(
+            "eval",
+            ["limit_per_group=1", "generation.max_new_tokens=12", f"checkpoint={ckpt}", f"out_dir={tmp_path / name}"],
+        )
         metrics, eart = run_eval(ecfg)
         evals[name] = tmp_path / name
         report = (tmp_path / name / "report.md").read_text()
@@ -35,7 +45,9 @@ def test_train_eval_compare_on_embedded_model(tmp_path, embedded_model_dir, caps
         assert results["summary"]["suites"]["bundled_harmful"]["harmful"]["micro"]["n"] == 19
         assert metrics["n_generated"] == 29
 
-    ccfg = compose("compare", [f"evals=[{evals['base']},{evals['tuned']}]", "labels=[base,tuned]", f"out_dir={tmp_path / 'cmp'}"])
+    ccfg = compose(
+        "compare", [f"evals=[{evals['base']},{evals['tuned']}]", "labels=[base,tuned]", f"out_dir={tmp_path / 'cmp'}"]
+    )
     _, cart = run_compare(ccfg)
     md = (tmp_path / "cmp" / "compare.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| suite"))

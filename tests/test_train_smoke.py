@@ -28,12 +28,19 @@ def test_dpo_lora_trains_adapter_and_leaves_base_untouched(tiny_model_dir, tiny_
 
     monkeypatch.setattr(trl, "DPOTrainer", RecordingDPOTrainer)
     run_dir = tmp_path / "run"
-    cfg = compose("train", [
-        f"model.name_or_path={tiny_model_dir}",
-        f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
-        "trainer.max_steps=3", "trainer.learning_rate=1e-2", "trainer.per_device_train_batch_size=4",
-        "trainer.report_to=[]", f"run_dir={run_dir}", f"paths.cache={tmp_path / 'cache'}",
-    ])
+    cfg = compose(
+        "train",
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
+            "trainer.max_steps=3",
+            "trainer.learning_rate=1e-2",
+            "trainer.per_device_train_batch_size=4",
+            "trainer.report_to=[]",
+            f"run_dir={run_dir}",
+            f"paths.cache={tmp_path / 'cache'}",
+        ],
+    )
     metrics, artifacts = run_train(cfg)
 
     before, after, trainable = captured["before"], captured["after"], captured["trainable"]
