@@ -209,12 +209,14 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if "rubric" in summary:
         rb = summary["rubric"]["overall"]
         metrics["rubric_n"] = rb["n"]
-        metrics["rubric_mean_score"] = rb["mean_score"]
-        metrics["rubric_alternative_rate"] = rb["alternative_rate"]
-        metrics["rubric_lecturing_rate"] = rb["lecturing_rate"]
+        if rb["n"]:  # no refusals: no rubric means (left out rather than NaN)
+            metrics["rubric_mean_score"] = rb["mean_score"]
+            metrics["rubric_alternative_rate"] = rb["alternative_rate"]
+            metrics["rubric_lecturing_rate"] = rb["lecturing_rate"]
     if "answers" in summary:
         metrics["benign_answer_rate"] = summary["answers"]["answer_rate"]["rate"]
-        metrics["benign_mean_answer_words"] = summary["answers"]["mean_words"]
+        if summary["answers"]["answer_rate"]["k"]:
+            metrics["benign_mean_answer_words"] = summary["answers"]["mean_words"]
     for name, src in summary.get("retention", {}).items():
         metrics[f"retention/{name}/loglik_mean"] = src["loglik_mean"]
         if "preference_accuracy" in src:
