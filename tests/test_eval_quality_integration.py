@@ -236,3 +236,31 @@ def test_llm_rubric_scorer_is_wired_from_config(tiny_model_dir, suite_file, tmp_
     assert res["summary"]["rubric"]["scorer"].startswith(f"llm:{tiny_model_dir}")
     with pytest.raises(ValueError, match="expected 'rules' or 'llm'"):
         E.build_rubric_judge({"scorer": "magic"})
+
+
+def test_hh_rlhf_preference_accuracy_delta_in_compare(tiny_model_dir, perturbed_model_dir, suite_file, tmp_path):
+    """eval/retention=default on the real hh-rlhf helpful-base file: preference accuracy per checkpoint and its
+    paired delta (interval and McNemar p) in compare."""
+    from tests.conftest import shared_file
+
+    hh = shared_file("hh-rlhf/helpful-base/test.jsonl.gz")
+    extra = [
+        "eval/retention=default",
+        f"eval.retention.hh_rlhf.path={hh}",
+        "eval.retention.hh_rlhf.max_rows=4",
+        "eval.retention.helpful_reference.enabled=false",
+        "eval.retention.max_length=192",
+    ]
+    for name, model in (("a", str(tiny_model_dir)), ("b", perturbed_model_dir)):
+        E.run_eval(make_cfg(model, suite_file, tmp_path / name, extra))
+    ra = json.loads((tmp_path / "a" / "retention.json").read_text())["sources"]["hh_rlhf_helpful"]
+    rb = json.loads((tmp_path / "b" / "retention.json").read_text())["sources"]["hh_rlhf_helpful"]
+    assert ra["ids"] == rb["ids"] and len(ra["preference"]) == 4
+    res = json.loads((tmp_path / "a" / "results.json").read_text())["summary"]["retention"]
+    assert res["hh_rlhf_helpful"]["preference_accuracy"]["k"] == sum(ra["preference"])
+    cmp = compare([tmp_path / "a", tmp_path / "b"], labels=["a", "b"])
+    pref = cmp["tradeoff"][0]["retention"]["hh_rlhf_helpful"]["preference"]
+    assert pref["delta"] == pytest.approx((sum(rb["preference"]) - sum(ra["preference"])) / 4)
+    assert 0 < pref["p_value"] <= 1
+    md = markdown(cmp)
+    assert "hh_rlhf_helpful: preference accuracy [95% CI, p]" in md and f"(p={pref['p_value']:.3g}) pp" in md
