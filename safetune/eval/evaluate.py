@@ -3,6 +3,14 @@
 Generates answers to the configured suites (batched, cached, resumable), judges
 refusals, and writes per-category results (JSON, Markdown, CSV, HTML) into the eval dir.
 
+Beyond the refusal rate (``results.json`` -> ``summary``):
+
+* ``rubric``: graceful-refusal rubric over the harmful refusals (``eval/rubric``: rules or llm), per category;
+  each refusal's scores are in ``verdicts.jsonl`` (``rubric``);
+* ``answers``: answer rate and answer length on the benign prompts;
+* ``retention``: likelihood-based capability retention (``eval/retention``); per-example values in
+  ``retention.json`` (reused when the checkpoint and settings are unchanged) for paired deltas in compare.
+
 * ``safetune-eval judge-check [judge_check.file=labelled.jsonl]`` measures the judges against human labels.
 * ``accelerate launch -m safetune.eval.evaluate ...`` splits generation across processes; rank 0 judges and reports.
 """
@@ -24,6 +32,8 @@ from safetune.eval.generate import GenerationCache, GenerationSettings, generate
 from safetune.eval.judges import build_judge
 from safetune.eval.metrics import summarise
 from safetune.eval.report import write_reports
+from safetune.eval.retention import answer_stats, run_retention
+from safetune.eval.rubric import score_records, summarise_rubric
 from safetune.eval.suites import limit_per_group, load_suite, report_group
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,51 @@ def _vllm_dir(ck: Any, out_dir: Path):
     return get
 
 
+def build_rubric_judge(rubric_cfg: Any) -> Any:
+    """None for the rules scorer, else the configured LLM rubric judge (``eval/rubric=llm``)."""
+    rc = _c(rubric_cfg) or {}
+    scorer = rc.get("scorer", "rules")
+    if scorer == "rules":
+        return None
+    if scorer != "llm":
+        raise ValueError(f"eval.rubric.scorer={scorer!r}; expected 'rules' or 'llm' (conf/eval/rubric/<name>.yaml).")
+    if not rc.get("judge"):
+        raise ValueError("eval.rubric.scorer=llm needs eval.rubric.judge (see conf/eval/rubric/llm.yaml).")
+    from hydra.utils import instantiate
+
+    return instantiate(rc["judge"])
+
+
+def retention_for(ck: Any, ret_cfg: Any, out_dir: Path) -> dict[str, Any] | None:
+    """run_retention for ``ck``, saved with its settings as ``retention.json``; reused if both are unchanged.
+    None when ``eval.retention`` is absent or ``enabled: false``."""
+    from safetune.runs import write_json
+
+    rc = _c(ret_cfg)
+    if not rc or not rc.get("enabled", True):
+        return None
+    path = out_dir / "retention.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("config") == rc and old.get("checkpoint_id") == ck.checkpoint_id:
+            log.info("retention: reusing %s", path)
+            return old
+    res = run_retention(ck, rc)
+    res["config"] = rc
+    write_json(path, res)
+    return res
+
+
+def retention_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The per-source means of a run_retention result (the per-example values stay in retention.json)."""
+    out = {}
+    for name, src in res["sources"].items():
+        out[name] = {"n": src["n"], "loglik_mean": src["loglik_mean"]}
+        if "preference_accuracy" in src:
+            out[name]["preference_accuracy"] = src["preference_accuracy"]
+    return out
+
+
 def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
     from accelerate import PartialState
@@ -92,6 +147,7 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     if not state.is_main_process:
         return {}, {}
+    rubric_judge = build_rubric_judge(cfg.eval.get("rubric"))
     by_id = {(p.suite, p.id): p for p in prompts}
     verdicts = judge.judge_many([(by_id[(g.suite, g.prompt_id)].user_text, g.response) for g in gens])
     records = []
@@ -115,22 +171,33 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 "reason": v.reason,
             }
         )
+    score_records(records, rubric_judge, kind="harmful")  # adds r["rubric"] to harmful refusals
     with open(out_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = summarise(records)
+    if any(r["kind"] == "harmful" for r in records):
+        summary["rubric"] = summarise_rubric(records, kind="harmful")
+    if any(r["kind"] == "benign" for r in records):
+        summary["answers"] = answer_stats(records, kind="benign")
+    ret = retention_for(ck, cfg.eval.get("retention"), out_dir)
+    if ret is not None:
+        summary["retention"] = retention_summary(ret)
     meta = {
         "label": ck.label,
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_id": ck.checkpoint_id,
         "settings": settings.__dict__,
         "judge": getattr(judge, "name", type(judge).__name__),
+        "rubric_scorer": getattr(rubric_judge, "name", "rules"),
         "n_prompts": len(prompts),
         "n_generated": n_new,
         "n_cached": len(gens) - n_new,
     }
     artifacts = write_reports(out_dir, summary, meta)
     artifacts["eval_dir"] = str(out_dir)
+    if ret is not None:
+        artifacts["retention_json"] = str(out_dir / "retention.json")
     metrics = {"n_prompts": len(prompts), "n_generated": n_new}
     ov = summary["overall"]
     if "harmful" in ov:
@@ -139,6 +206,21 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics["harmful_partial_rate"] = ov["harmful"]["partial_rate"]
     if "benign" in ov:
         metrics["benign_over_refusal_rate"] = ov["benign"]["micro"]["rate"]
+    if "rubric" in summary:
+        rb = summary["rubric"]["overall"]
+        metrics["rubric_n"] = rb["n"]
+        if rb["n"]:  # no refusals: no rubric means (left out rather than NaN)
+            metrics["rubric_mean_score"] = rb["mean_score"]
+            metrics["rubric_alternative_rate"] = rb["alternative_rate"]
+            metrics["rubric_lecturing_rate"] = rb["lecturing_rate"]
+    if "answers" in summary:
+        metrics["benign_answer_rate"] = summary["answers"]["answer_rate"]["rate"]
+        if summary["answers"]["answer_rate"]["k"]:
+            metrics["benign_mean_answer_words"] = summary["answers"]["mean_words"]
+    for name, src in summary.get("retention", {}).items():
+        metrics[f"retention/{name}/loglik_mean"] = src["loglik_mean"]
+        if "preference_accuracy" in src:
+            metrics[f"retention/{name}/preference_accuracy"] = src["preference_accuracy"]["rate"]
     for suite, s in summary["suites"].items():
         if "harmful" in s:
             metrics[f"{suite}/refusal_rate"] = s["harmful"]["micro"]["rate"]

@@ -1,7 +1,9 @@
 """Self-contained HTML reports: Markdown tables rendered to HTML plus charts embedded as base64 PNG.
 
 Charts: per-category refusal bars with Wilson 95% intervals (one bar per checkpoint), per-type over-refusal bars,
-and safety (harmful refusal) vs over-refusal (benign) across checkpoints.
+safety (harmful refusal) vs over-refusal (benign) across checkpoints, the graceful-refusal rubric per category
+(:func:`rubric_bars`), and the safety / helpfulness trade-off across checkpoints and sweep members
+(:func:`tradeoff_plot`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,59 @@ def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
     return _png(fig)
 
 
+def rubric_bars(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """Mean rubric score (-5..5) per harm category, one bar per checkpoint. ``entries``: (name, summary['rubric'])."""
+    groups = sorted({g for _, r in entries for g, e in r.get("per_group", {}).items() if e["n"]})
+    if not groups:
+        return None
+    plt = _plt()
+    n = len(entries)
+    height = 0.8 / n
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(groups) * max(n, 1.5) + 1.2))
+    for j, (name, r) in enumerate(entries):
+        per = r.get("per_group", {})
+        ys = [i + (j - (n - 1) / 2) * height for i, g in enumerate(groups) if g in per and per[g]["n"]]
+        xs = [per[g]["mean_score"] for g in groups if g in per and per[g]["n"]]
+        ax.barh(ys, xs, height=height, label=name)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(groups, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-5, 5)
+    ax.axvline(0, color="#888", lw=0.8)
+    ax.set_xlabel("mean graceful-refusal rubric score of refusals (-5..5)  → better")
+    ax.set_title("refusal quality per category")
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def tradeoff_plot(points: list[dict[str, Any]]) -> str | None:
+    """Safety gain vs helpfulness cost, one point per checkpoint / sweep member.
+
+    ``points``: ``{"name", "x" (harmful refusal rate, 0..1), "y", "y_low", "y_high" (optional interval),
+    "y_label"}``; all points share the y measure (e.g. helpful log-likelihood delta vs the baseline).
+    """
+    pts = [p for p in points if p.get("x") is not None and p.get("y") is not None and p["y"] == p["y"]]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for p in pts:
+        lo, hi = p.get("y_low"), p.get("y_high")
+        yerr = None
+        if lo is not None and hi is not None and lo == lo and hi == hi:
+            yerr = [[max(0.0, p["y"] - lo)], [max(0.0, hi - p["y"])]]
+        ax.errorbar(100 * p["x"], p["y"], yerr=yerr, fmt="o", capsize=3)
+        ax.annotate(p["name"], (100 * p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("refusal on harmful prompts (%)  → safer")
+    ax.set_ylabel(pts[0].get("y_label", "helpfulness"))
+    if any(p.get("y_low") is not None for p in pts):  # a delta measure: mark "no change"
+        ax.axhline(0, color="#888", lw=0.8)
+    ax.set_title("safety gain vs helpfulness cost")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _inline(text: str) -> str:
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
@@ -137,12 +192,23 @@ img{max-width:100%;margin:1em 0}blockquote{color:#555;border-left:3px solid #ccc
 font-size:13px;white-space:pre-wrap}code{background:#f3f3f3;padding:0 3px}"""
 
 
-def render_html(title: str, markdown: str, entries: list[tuple[str, dict[str, Any]]]) -> str:
-    """A self-contained page: charts first, then the Markdown report as HTML."""
+def render_html(
+    title: str,
+    markdown: str,
+    entries: list[tuple[str, dict[str, Any]]],
+    *,
+    rubric: list[tuple[str, dict[str, Any]]] | None = None,
+    tradeoff: list[dict[str, Any]] | None = None,
+) -> str:
+    """A self-contained page: charts first, then the Markdown report as HTML.
+
+    ``rubric``: (name, summary['rubric']) per checkpoint; ``tradeoff``: :func:`tradeoff_plot` points."""
     charts = [
+        tradeoff_plot(tradeoff) if tradeoff else None,
         safety_scatter(entries),
         group_bars(entries, "harmful", "refusal on harmful prompts, per category"),
         group_bars(entries, "benign", "over-refusal on benign prompts, per type"),
+        rubric_bars(rubric) if rubric else None,
     ]
     imgs = "\n".join(f'<img alt="chart" src="{c}">' for c in charts if c)
     return (
