@@ -8,6 +8,7 @@ exists (e.g. ``trainer.max_steps=10 limit_per_group=2``).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,13 +23,18 @@ from safetune.runs import timestamp
 log = logging.getLogger(__name__)
 
 
-TRAIN_ONLY = ("trainer.", "data.", "peft.", "run_dir")
-EVAL_ONLY = ("generation.", "limit_per_group", "eval.", "checkpoint", "out_dir")
+TRAIN_ONLY = {"trainer", "data", "peft", "run_dir", "resume"}
+EVAL_ONLY = {"generation", "limit_per_group", "eval", "checkpoint", "out_dir", "mode", "judge_check"}
+
+
+def _top_key(override: str) -> str:
+    return re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
 
 
 def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    train = [o for o in overrides if not o.lstrip("+~").startswith(EVAL_ONLY)]
-    ev = [o for o in overrides if not o.lstrip("+~").startswith(TRAIN_ONLY)]
+    """Route each override to the configs that have its top-level key (model/template/... go to both)."""
+    train = [o for o in overrides if _top_key(o) not in EVAL_ONLY]
+    ev = [o for o in overrides if _top_key(o) not in TRAIN_ONLY]
     return train, ev
 
 
@@ -40,6 +46,9 @@ def run_demo(overrides: list[str] | None = None, out_root: str | None = None) ->
     overrides = list(overrides or [])
     root = Path(out_root or f"demo-{timestamp()}")
     train_ov, eval_ov = _split_overrides(overrides)
+    # The demo suite: bundled harmful + benign, plus XSTest when SAFETUNE_XSTEST (or the hub) provides it.
+    if not any(o.startswith("eval/suite=") for o in eval_ov):
+        eval_ov = ["eval/suite=demo", *eval_ov]
     times: dict[str, float] = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         ecfg = compose(
