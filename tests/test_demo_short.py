@@ -1,0 +1,34 @@
+"""A shortened demo on the real embedded model: the tuned model refuses more harmful prompts than the base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_shortened_demo_improves_refusal_on_bundled_suite(tmp_path, embedded_model_dir):
+    from safetune.demo import run_demo
+
+    overrides = [
+        "eval/suite=bundled",  # the bundled harmful + benign suites (XSTest is covered elsewhere)
+        "data.sources.0.max_rows=64",
+        "trainer.max_steps=16",
+        "trainer.learning_rate=2e-3",
+        "trainer.report_to=[]",
+        "limit_per_group=2",
+        "generation.max_new_tokens=24",
+        "eval.retention.enabled=false",
+    ]
+    metrics, artifacts = run_demo(overrides, out_root=str(tmp_path / "demo"))
+    base = json.loads((tmp_path / "demo" / "eval-base" / "results.json").read_text())["summary"]
+    tuned = json.loads((tmp_path / "demo" / "eval-tuned" / "results.json").read_text())["summary"]
+    b = base["suites"]["bundled_harmful"]["harmful"]["micro"]
+    t = tuned["suites"]["bundled_harmful"]["harmful"]["micro"]
+    assert b["n"] == t["n"] == 38
+    assert t["rate"] > b["rate"], f"tuned refusal {t['rate']:.2f} not above base {b['rate']:.2f}"
+    assert metrics["tuned/harmful_refusal_rate"] == pytest.approx(t["rate"])
+    compare_md = (tmp_path / "demo" / "compare" / "compare.md").read_text()
+    header = next(line for line in compare_md.splitlines() if line.startswith("| suite"))
+    assert "| base | tuned |" in header
