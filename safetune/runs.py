@@ -38,6 +38,17 @@ def agree_on_dir(proposed: str | os.PathLike[str]) -> Path:
     return Path(obj[0])
 
 
+def broadcast_str(value: str) -> str:
+    """Rank 0's ``value`` on every rank."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    obj = [value]
+    if PartialState().num_processes > 1:
+        broadcast_object_list(obj, from_process=0)
+    return obj[0]
+
+
 def is_main_process() -> bool:
     from accelerate import PartialState
 
