@@ -214,7 +214,8 @@ def summarise_sweep(sweep_dir: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [p.name for p in job_dirs if _job_row(p) is None and (p / "config.yaml").is_file()]
     # Columns: every override that varies across jobs, then the fixed metrics.
     keys = sorted({k for r in rows for k in r["overrides"]})
-    varying = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
+    shown = {"trainer.beta", "trainer.loss_type", "trainer.learning_rate"}  # always shown as their own columns
+    varying = [k for k in keys if k not in shown and len({r["overrides"].get(k) for r in rows}) > 1]
     for r in rows:
         for k in varying:
             r[k] = r["overrides"].get(k)

@@ -210,7 +210,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         runs.write_json(run_dir / "metrics.json", metrics)
         runs.write_json(run_dir / runs.RUN_INFO, {
             "kind": "adapter" if peft_config is not None else "full",
-            "model": runs.redact(to_container(cfg.model)),
+            "model": runs.redact({**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit}),
             "template": to_container(cfg.template),
             "adapter": "adapter",
             "name": cfg.name,
