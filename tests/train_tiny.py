@@ -69,3 +69,26 @@ def train_overrides(model_dir: Path, data: Path, run_dir: Path, *extra: str) -> 
         f"run_dir={run_dir}",
         *extra,
     ]
+
+
+def compose_train(overrides: list[str]):
+    """The train config exactly as ``safetune-train <overrides>`` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from safetune import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def tiny_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for safetune subprocesses run from the worktree (PYTHONPATH -> this checkout)."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    env["SAFETUNE_RUNS"] = str(tmp_path / "runs")
+    env["TQDM_DISABLE"] = "1"
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets")
+    return env
