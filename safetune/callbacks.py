@@ -89,9 +89,20 @@ class SafetyEvalCallback(TrainerCallback):
     Uses the evaluator's generation and judge (the evaluator never imports the trainer). Rank 0 only.
     """
 
-    def __init__(self, trainer: Any, tokenizer: Any, formatter: Any, suite_cfg: Any, judge_cfg: Any, *,
-                 every_n_steps: int, limit_per_group: int = 2, max_new_tokens: int = 32, batch_size: int = 16,
-                 out_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        trainer: Any,
+        tokenizer: Any,
+        formatter: Any,
+        suite_cfg: Any,
+        judge_cfg: Any,
+        *,
+        every_n_steps: int,
+        limit_per_group: int = 2,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        out_dir: Path | None = None,
+    ) -> None:
         from safetune.eval.evaluate import load_suites
         from safetune.eval.judges import build_judge
 
@@ -119,15 +130,30 @@ class SafetyEvalCallback(TrainerCallback):
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         was_training = model.training
         try:
-            gens, _ = generate(model, self.tokenizer, self.formatter, self.prompts, settings,
-                               GenerationCache(cache_path), f"train-step-{step}", show_progress=False)
+            gens, _ = generate(
+                model,
+                self.tokenizer,
+                self.formatter,
+                self.prompts,
+                settings,
+                GenerationCache(cache_path),
+                f"train-step-{step}",
+                show_progress=False,
+            )
         finally:
             model.train(was_training)
         by_id = {(p.suite, p.id): p for p in self.prompts}
         verdicts = self.judge.judge_many([(by_id[(g.suite, g.prompt_id)].user_text, g.response) for g in gens])
-        records = [{"kind": by_id[(g.suite, g.prompt_id)].kind, "suite": g.suite,
-                    "group": by_id[(g.suite, g.prompt_id)].group, "label": v.label,
-                    "severity": by_id[(g.suite, g.prompt_id)].severity} for g, v in zip(gens, verdicts)]
+        records = [
+            {
+                "kind": by_id[(g.suite, g.prompt_id)].kind,
+                "suite": g.suite,
+                "group": by_id[(g.suite, g.prompt_id)].group,
+                "label": v.label,
+                "severity": by_id[(g.suite, g.prompt_id)].severity,
+            }
+            for g, v in zip(gens, verdicts)
+        ]
         ov = summarise(records)["overall"]
         out: dict[str, float] = {}
         if "harmful" in ov:

@@ -71,15 +71,19 @@ class SanityCheck:
     enabled: bool = dataclasses.field(default=True, metadata={"help": "Run the check on the first training batch."})
     max_abs_logratio: float | None = dataclasses.field(
         default=0.05,
-        metadata={"help": "Largest allowed |policy - reference| summed log-prob (nats) per sequence at step 0. "
-                  "bf16/fp16 training needs more (about 0.5)."},
+        metadata={
+            "help": "Largest allowed |policy - reference| summed log-prob (nats) per sequence at step 0. "
+            "bf16/fp16 training needs more (about 0.5)."
+        },
     )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> SanityCheck:
         d = dict(cfg or {})
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None} |
-                   ({"max_abs_logratio": None} if d.get("max_abs_logratio", 0) is None else {}))
+        return cls(
+            **{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
+            | ({"max_abs_logratio": None} if d.get("max_abs_logratio", 0) is None else {})
+        )
 
     def check(self, chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> dict[str, float]:
         """Raise :class:`SanityCheckError` when the first batch does not look like step 0 of DPO."""
@@ -88,8 +92,11 @@ class SanityCheck:
         implied = torch.nn.functional.softplus(-margin).mean().item()  # the sigmoid DPO loss of this batch
         worst = max(lc.abs().max().item(), lr.abs().max().item())
         tol = 0.05 if self.max_abs_logratio is None else self.max_abs_logratio
-        report = {"sanity/max_abs_logratio": worst, "sanity/reward_margin": margin.mean().item(),
-                  "sanity/dpo_sigmoid_loss": implied}
+        report = {
+            "sanity/max_abs_logratio": worst,
+            "sanity/reward_margin": margin.mean().item(),
+            "sanity/dpo_sigmoid_loss": implied,
+        }
         if not (math.isfinite(worst) and worst <= tol):
             raise SanityCheckError(
                 f"Step-0 sanity check failed: the policy's log-probabilities differ from the reference's by up to "
@@ -121,8 +128,12 @@ def make_trainer_class():
             cache = self._safetune_ref_cache
             if cache is None:
                 return super()._precompute_ref_logps(dataset, name, batch_size)
-            return cache.attach(dataset, name, lambda: super(SafetuneDPOTrainer, self)._precompute_ref_logps(
-                dataset, name, batch_size), self.accelerator)
+            return cache.attach(
+                dataset,
+                name,
+                lambda: super(SafetuneDPOTrainer, self)._precompute_ref_logps(dataset, name, batch_size),
+                self.accelerator,
+            )
 
         def _compute_loss(self, model, inputs, return_outputs):
             out = super()._compute_loss(model, inputs, return_outputs)

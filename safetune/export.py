@@ -46,26 +46,60 @@ def model_card(run_dir: Path, info: dict[str, Any], base: str, evaluation: tuple
     manifest = (run_dir / "data_manifest.json").read_text() if (run_dir / "data_manifest.json").is_file() else "{}"
     metrics = (run_dir / "metrics.json").read_text() if (run_dir / "metrics.json").is_file() else "{}"
     parts = [
-        "---", "library_name: transformers", "tags: [safetune, dpo, safety]", f"base_model: {base}", "---", "",
-        f"# {info.get('name', run_dir.name)} (safetune DPO safety fine-tune)", "",
+        "---",
+        "library_name: transformers",
+        "tags: [safetune, dpo, safety]",
+        f"base_model: {base}",
+        "---",
+        "",
+        f"# {info.get('name', run_dir.name)} (safetune DPO safety fine-tune)",
+        "",
         f"Base model: `{base}`. {'LoRA adapter merged into the base weights' if info.get('kind') == 'adapter' else 'Full fine-tune'}"
-        f" by `safetune-export` from run `{run_dir.name}`.", "",
-        "## Evaluation", "",
+        f" by `safetune-export` from run `{run_dir.name}`.",
+        "",
+        "## Evaluation",
+        "",
     ]
     if evaluation is not None:
         eval_path, res = evaluation
-        parts += [f"From `{eval_path.name}` ({res.get('meta', {}).get('judge', 'judge')} judge):", "",
-                  markdown_table(res["summary"]), ""]
+        parts += [
+            f"From `{eval_path.name}` ({res.get('meta', {}).get('judge', 'judge')} judge):",
+            "",
+            markdown_table(res["summary"]),
+            "",
+        ]
     else:
         parts += ["No evaluation found in the run directory (run `safetune-eval checkpoint=<run_dir>`).", ""]
-    parts += ["## Training metrics", "", "```json", metrics.strip(), "```", "",
-              "## Data manifest", "", "```json", manifest.strip(), "```", "",
-              "## Training config (secrets redacted)", "", "```yaml", config.strip(), "```", ""]
+    parts += [
+        "## Training metrics",
+        "",
+        "```json",
+        metrics.strip(),
+        "```",
+        "",
+        "## Data manifest",
+        "",
+        "```json",
+        manifest.strip(),
+        "```",
+        "",
+        "## Training config (secrets redacted)",
+        "",
+        "```yaml",
+        config.strip(),
+        "```",
+        "",
+    ]
     return "\n".join(parts)
 
 
-def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
-               dtype: str | None = None, eval_dir: str | None = None) -> Path:
+def export_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | None = None,
+    eval_dir: str | None = None,
+) -> Path:
     """Merge and save; returns the output directory."""
     run_dir = Path(run_dir)
     info = runs.read_run_info(run_dir)
@@ -81,7 +115,9 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] 
         from peft import PeftModel
 
         if not (weights_dir / "adapter_model.safetensors").is_file():
-            raise ExportError(f"{weights_dir} has no adapter_model.safetensors; the training run did not finish saving.")
+            raise ExportError(
+                f"{weights_dir} has no adapter_model.safetensors; the training run did not finish saving."
+            )
         base_path = resolve_model_path(spec)
         model = PeftModel.from_pretrained(load_model(spec, base_path), str(weights_dir)).merge_and_unload()
         base = spec.name_or_path
@@ -124,7 +160,9 @@ def run_export(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     out = export_run(cfg.run_dir, cfg.get("out_dir"), dtype=cfg.get("dtype"), eval_dir=cfg.get("eval_dir"))
     artifacts: dict[str, Any] = {"merged_dir": str(out)}
     if cfg.get("push_to_hub"):
-        artifacts["hub_url"] = push_to_hub(out, cfg.get("hub_repo_id"), cfg.get("hub_token"), bool(cfg.get("private", True)))
+        artifacts["hub_url"] = push_to_hub(
+            out, cfg.get("hub_repo_id"), cfg.get("hub_token"), bool(cfg.get("private", True))
+        )
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     return {"safetensors_bytes": size}, artifacts
 

@@ -50,7 +50,9 @@ def tokenized_hash(dataset: Any) -> str:
     h = hashlib.sha256()
     cols = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     if not cols:
-        raise ValueError(f"Cannot key the reference cache: dataset has none of {TOKEN_COLUMNS} (columns: {dataset.column_names}).")
+        raise ValueError(
+            f"Cannot key the reference cache: dataset has none of {TOKEN_COLUMNS} (columns: {dataset.column_names})."
+        )
     for c in cols:
         h.update(c.encode())
         for row in dataset[c]:
@@ -85,7 +87,9 @@ class RefLogpCache:
         t = load_file(str(tensors_path))
         chosen, rejected = t["ref_chosen_logps"], t["ref_rejected_logps"]
         if chosen.numel() != n_rows or rejected.numel() != n_rows:
-            log.warning("Reference cache %s has %d rows, expected %d; recomputing.", tensors_path, chosen.numel(), n_rows)
+            log.warning(
+                "Reference cache %s has %d rows, expected %d; recomputing.", tensors_path, chosen.numel(), n_rows
+            )
             return None
         return chosen.tolist(), rejected.tolist()
 
@@ -95,8 +99,13 @@ class RefLogpCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         tensors_path, meta_path = self.paths(key)
         tmp = tensors_path.with_name(f".{tensors_path.name}.tmp{os.getpid()}")
-        save_file({"ref_chosen_logps": torch.tensor(chosen, dtype=torch.float32),
-                   "ref_rejected_logps": torch.tensor(rejected, dtype=torch.float32)}, str(tmp))
+        save_file(
+            {
+                "ref_chosen_logps": torch.tensor(chosen, dtype=torch.float32),
+                "ref_rejected_logps": torch.tensor(rejected, dtype=torch.float32),
+            },
+            str(tmp),
+        )
         os.replace(tmp, tensors_path)
         meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
         meta_tmp.write_text(json.dumps({"split": split, "rows": len(chosen), **self.key_parts}, indent=2, default=str))
@@ -122,8 +131,16 @@ class RefLogpCache:
         return out
 
 
-def build_ref_cache(cache_cfg: Any, *, model_spec: dict[str, Any], model_path: str, data_content_hash: str,
-                    template: Any, trainer_cfg: dict[str, Any], reference: str) -> RefLogpCache | None:
+def build_ref_cache(
+    cache_cfg: Any,
+    *,
+    model_spec: dict[str, Any],
+    model_path: str,
+    data_content_hash: str,
+    template: Any,
+    trainer_cfg: dict[str, Any],
+    reference: str,
+) -> RefLogpCache | None:
     """The cache for this run, or None when disabled (``ref_cache.enabled=false``) or not applicable."""
     cfg = dict(cache_cfg or {})
     if not cfg.get("enabled", True) or not trainer_cfg.get("precompute_ref_log_probs"):

@@ -16,7 +16,10 @@ RUN_INFO = "safetune_run.json"
 def redact(obj: Any) -> Any:
     """Replace values under secret-looking keys with '***' (saved configs never hold secrets)."""
     if isinstance(obj, dict):
-        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact(v)) for k, v in obj.items()}
+        return {
+            k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact(v))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

@@ -66,8 +66,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def job_command(launcher: str, overrides: list[str], run_dir: Path, accelerate_config: str | None = None,
-                port: int | None = None) -> list[str]:
+def job_command(
+    launcher: str, overrides: list[str], run_dir: Path, accelerate_config: str | None = None, port: int | None = None
+) -> list[str]:
     """The argv that trains one sweep job in its own process."""
     own = [o for o in overrides if not o.lstrip("+~").startswith(("run_dir=", "sweep.", "hydra."))]
     train = ["-m", "safetune.train", *own, f"run_dir={run_dir}", "sweep.launcher=inline"]
@@ -83,8 +84,14 @@ def job_command(launcher: str, overrides: list[str], run_dir: Path, accelerate_c
 
 
 def eval_command(run_dir: Path, eval_overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "safetune.eval.evaluate", f"checkpoint={run_dir}", f"out_dir={run_dir / 'eval'}",
-            *eval_overrides]
+    return [
+        sys.executable,
+        "-m",
+        "safetune.eval.evaluate",
+        f"checkpoint={run_dir}",
+        f"out_dir={run_dir / 'eval'}",
+        *eval_overrides,
+    ]
 
 
 def _run_logged(cmd: list[str], log_path: Path) -> None:
@@ -162,6 +169,7 @@ def wait_for_jobs() -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- summary
 
+
 def _get(d: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -219,8 +227,18 @@ def summarise_sweep(sweep_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for r in rows:
         for k in varying:
             r[k] = r["overrides"].get(k)
-    cols = ["job", *varying, "beta", "loss_type", "learning_rate", "final_loss", "reward_accuracy", "reward_margin",
-            "refusal_rate", "over_refusal_rate"]
+    cols = [
+        "job",
+        *varying,
+        "beta",
+        "loss_type",
+        "learning_rate",
+        "final_loss",
+        "reward_accuracy",
+        "reward_margin",
+        "refusal_rate",
+        "over_refusal_rate",
+    ]
     cols = list(dict.fromkeys(cols))
     summary = {"sweep_dir": str(sweep_dir), "columns": cols, "jobs": rows, "failed_or_unfinished": missing}
     runs.write_json(sweep_dir / "sweep_summary.json", summary)

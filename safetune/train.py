@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    proposed = cfg.get("run_dir") or _multirun_job_dir() or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
+    proposed = (
+        cfg.get("run_dir") or _multirun_job_dir() or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
+    )
     return runs.agree_on_dir(proposed)
 
 
@@ -99,7 +101,6 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build data, tokenizer, model, LoRA and DPOConfig from ``cfg``; train; save the run directory."""
     from accelerate import PartialState
     from datasets import Dataset
-
     from transformers import set_seed
 
     state = PartialState()
@@ -138,7 +139,9 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if spec.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.trainer.get("gradient_checkpointing")))
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(cfg.trainer.get("gradient_checkpointing"))
+        )
     ref_model = None  # with LoRA the reference is the adapter-disabled base: no second copy in memory
     if peft_config is None and reference == "explicit":
         ref_model = load_model(spec, model_path)  # full fine-tuning: a frozen copy of the starting weights
@@ -150,9 +153,13 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if eval_ds is None:
         args.eval_strategy = "no"
     ref_cache = build_ref_cache(
-        cfg.get("ref_cache"), model_spec={**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit},
-        model_path=model_path, data_content_hash=bundle.manifest["content_hash"], template=to_container(cfg.template),
-        trainer_cfg=trainer_cfg, reference=reference if peft_config is None else "adapter-disabled-base",
+        cfg.get("ref_cache"),
+        model_spec={**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit},
+        model_path=model_path,
+        data_content_hash=bundle.manifest["content_hash"],
+        template=to_container(cfg.template),
+        trainer_cfg=trainer_cfg,
+        reference=reference if peft_config is None else "adapter-disabled-base",
     )
     sanity = SanityCheck.from_cfg(to_container(cfg.get("sanity")))
     if sanity.max_abs_logratio is None:
@@ -208,16 +215,19 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             runs.write_json(run_dir / "safety_history.json", safety_cb.history)
         runs.write_json(run_dir / "log_history.json", history)
         runs.write_json(run_dir / "metrics.json", metrics)
-        runs.write_json(run_dir / runs.RUN_INFO, {
-            "kind": "adapter" if peft_config is not None else "full",
-            "model": runs.redact({**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit}),
-            "template": to_container(cfg.template),
-            "adapter": "adapter",
-            "name": cfg.name,
-            "data_content_hash": bundle.manifest["content_hash"],
-            "overrides": hydra_overrides(),
-            "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
-        })
+        runs.write_json(
+            run_dir / runs.RUN_INFO,
+            {
+                "kind": "adapter" if peft_config is not None else "full",
+                "model": runs.redact({**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit}),
+                "template": to_container(cfg.template),
+                "adapter": "adapter",
+                "name": cfg.name,
+                "data_content_hash": bundle.manifest["content_hash"],
+                "overrides": hydra_overrides(),
+                "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
+            },
+        )
         log.info("Run directory: %s", run_dir)
     state.wait_for_everyone()
     artifacts = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir)}
@@ -229,9 +239,16 @@ def _safety_callback(cfg: DictConfig, trainer: Any, tokenizer: Any, formatter: A
     if not sc or not sc.get("enabled"):
         return None
     return SafetyEvalCallback(
-        trainer, tokenizer, formatter, to_container(sc.suite), to_container(sc.judge),
-        every_n_steps=int(sc.every_n_steps), limit_per_group=int(sc.limit_per_group),
-        max_new_tokens=int(sc.max_new_tokens), batch_size=int(sc.get("batch_size", 16)), out_dir=run_dir,
+        trainer,
+        tokenizer,
+        formatter,
+        to_container(sc.suite),
+        to_container(sc.judge),
+        every_n_steps=int(sc.every_n_steps),
+        limit_per_group=int(sc.limit_per_group),
+        max_new_tokens=int(sc.max_new_tokens),
+        batch_size=int(sc.get("batch_size", 16)),
+        out_dir=run_dir,
     )
 
 

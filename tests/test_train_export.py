@@ -19,8 +19,17 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     model_dir = make_tiny_model(d / "model")
     data = write_tiny_data(d / "data.jsonl")
-    cfg = compose_train(train_overrides(model_dir, data, d / "run", "trainer.max_steps=4", "trainer.warmup_steps=0",
-                                        "trainer.learning_rate=2e-2", f"ref_cache.dir={d / 'rc'}"))
+    cfg = compose_train(
+        train_overrides(
+            model_dir,
+            data,
+            d / "run",
+            "trainer.max_steps=4",
+            "trainer.warmup_steps=0",
+            "trainer.learning_rate=2e-2",
+            f"ref_cache.dir={d / 'rc'}",
+        )
+    )
     run_train(cfg)
     return model_dir, d / "run"
 
@@ -42,8 +51,10 @@ def test_merged_model_matches_base_plus_adapter(trained, tmp_path):
 
     tok = load_tokenizer(spec, str(out))
     tok.padding_side = "left"
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-               for p in ("How do I pick a lock?", "What is the capital of France?")]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in ("How do I pick a lock?", "What is the capital of France?")
+    ]
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     kw = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
     with torch.no_grad():
@@ -59,9 +70,25 @@ def test_model_card_records_config_manifest_and_latest_eval(trained, tmp_path):
     _, run_dir = trained
     ev = run_dir / "eval"
     ev.mkdir(exist_ok=True)
-    summary = {"suites": {}, "overall": {"harmful": {"per_category": {"Endangering National Security": {
-        "rate": 0.75, "k": 3, "n": 4, "ci": [0.3, 0.95], "partial_rate": 0.0}}, "micro": {"rate": 0.75, "k": 3, "n": 4,
-        "ci": [0.3, 0.95]}, "macro": 0.75, "partial_rate": 0.0}}}
+    summary = {
+        "suites": {},
+        "overall": {
+            "harmful": {
+                "per_category": {
+                    "Endangering National Security": {
+                        "rate": 0.75,
+                        "k": 3,
+                        "n": 4,
+                        "ci": [0.3, 0.95],
+                        "partial_rate": 0.0,
+                    }
+                },
+                "micro": {"rate": 0.75, "k": 3, "n": 4, "ci": [0.3, 0.95]},
+                "macro": 0.75,
+                "partial_rate": 0.0,
+            }
+        },
+    }
     (ev / "results.json").write_text(json.dumps({"meta": {"judge": "keyword"}, "summary": summary}))
     out = export_run(run_dir, tmp_path / "merged")
     card = (out / "README.md").read_text()

@@ -27,10 +27,20 @@ def test_qlora_trains_lora_on_a_4bit_nf4_base(tiny, tmp_path):
     q = base.model.layers[0].self_attn.q_proj
     assert isinstance(q, bnb.nn.Linear4bit) and q.weight.quant_state.quant_type == "nf4"
 
-    cfg = compose_train(train_overrides(model_dir, data, tmp_path / "run", "peft=qlora", "trainer.max_steps=3",
-                                        "trainer.warmup_steps=0", "trainer.learning_rate=5e-3",
-                                        "trainer.gradient_checkpointing=true", "model.attn_implementation=eager",
-                                        f"ref_cache.dir={tmp_path / 'rc'}"))
+    cfg = compose_train(
+        train_overrides(
+            model_dir,
+            data,
+            tmp_path / "run",
+            "peft=qlora",
+            "trainer.max_steps=3",
+            "trainer.warmup_steps=0",
+            "trainer.learning_rate=5e-3",
+            "trainer.gradient_checkpointing=true",
+            "model.attn_implementation=eager",
+            f"ref_cache.dir={tmp_path / 'rc'}",
+        )
+    )
     metrics, art = run_train(cfg)
     assert metrics["sanity/max_abs_logratio"] < 1e-3  # 4-bit reference == 4-bit policy at step 0
     info = json.loads((tmp_path / "run" / "safetune_run.json").read_text())
@@ -43,9 +53,19 @@ def test_qlora_trains_lora_on_a_4bit_nf4_base(tiny, tmp_path):
 
 def test_full_finetune_with_explicit_reference(tiny, tmp_path):
     model_dir, data = tiny
-    cfg = compose_train(train_overrides(model_dir, data, tmp_path / "run", "peft=none", "peft.reference=explicit",
-                                        "trainer.max_steps=2", "trainer.warmup_steps=0", "trainer.learning_rate=1e-3",
-                                        "trainer.precompute_ref_log_probs=false"))
+    cfg = compose_train(
+        train_overrides(
+            model_dir,
+            data,
+            tmp_path / "run",
+            "peft=none",
+            "peft.reference=explicit",
+            "trainer.max_steps=2",
+            "trainer.warmup_steps=0",
+            "trainer.learning_rate=1e-3",
+            "trainer.precompute_ref_log_probs=false",
+        )
+    )
     metrics, _ = run_train(cfg)
     assert metrics["sanity/max_abs_logratio"] < 1e-3
     info = json.loads((tmp_path / "run" / "safetune_run.json").read_text())

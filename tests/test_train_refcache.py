@@ -21,8 +21,11 @@ def tiny(tmp_path_factory):
 
 def _run(tiny, tmp_path: Path, name: str, *extra: str):
     model, data = tiny
-    cfg = compose_train(train_overrides(model, data, tmp_path / name, "trainer.max_steps=1",
-                                        f"ref_cache.dir={tmp_path / 'refcache'}", *extra))
+    cfg = compose_train(
+        train_overrides(
+            model, data, tmp_path / name, "trainer.max_steps=1", f"ref_cache.dir={tmp_path / 'refcache'}", *extra
+        )
+    )
     return run_train(cfg)[0]
 
 

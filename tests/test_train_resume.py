@@ -20,10 +20,24 @@ MAX_STEPS = 8
 
 
 def _cmd(model: Path, data: Path, run_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "safetune.train",
-            *train_overrides(model, data, run_dir, f"trainer.max_steps={MAX_STEPS}", "trainer.save_strategy=steps",
-                             "trainer.save_steps=2", "trainer.warmup_steps=0", "trainer.learning_rate=2e-3",
-                             "peft.lora_dropout=0.0", f"ref_cache.dir={cache}", *extra)]
+    return [
+        sys.executable,
+        "-m",
+        "safetune.train",
+        *train_overrides(
+            model,
+            data,
+            run_dir,
+            f"trainer.max_steps={MAX_STEPS}",
+            "trainer.save_strategy=steps",
+            "trainer.save_steps=2",
+            "trainer.warmup_steps=0",
+            "trainer.learning_rate=2e-3",
+            "peft.lora_dropout=0.0",
+            f"ref_cache.dir={cache}",
+            *extra,
+        ),
+    ]
 
 
 @pytest.mark.slow
@@ -39,8 +53,9 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path):
 
     # Same run, SIGKILLed as soon as its first complete checkpoint exists.
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(model, data, run_dir, cache, "resume=auto"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(model, data, run_dir, cache, "resume=auto"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     trainer_dir = run_dir / "trainer"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -62,8 +77,9 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path):
     assert last_complete_checkpoint(trainer_dir, quarantine=False) == last
 
     # Resume: same command. Continues from the last complete checkpoint, never from the partial one.
-    out = subprocess.run(_cmd(model, data, run_dir, cache, "resume=auto"), env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        _cmd(model, data, run_dir, cache, "resume=auto"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert not fake.exists() and list(trainer_dir.glob(f"incomplete-checkpoint-{MAX_STEPS - 1}-*"))
     import json

@@ -44,8 +44,17 @@ def test_reference_that_is_not_the_starting_policy_stops_the_run(tiny, tmp_path)
 
     train_mod.load_model = load_second_as_other
     try:
-        cfg = compose_train(train_overrides(model_dir, data, tmp_path / "run", "peft=none", "peft.reference=explicit",
-                                            "trainer.max_steps=1", "trainer.precompute_ref_log_probs=false"))
+        cfg = compose_train(
+            train_overrides(
+                model_dir,
+                data,
+                tmp_path / "run",
+                "peft=none",
+                "peft.reference=explicit",
+                "trainer.max_steps=1",
+                "trainer.precompute_ref_log_probs=false",
+            )
+        )
         with pytest.raises(SanityCheckError, match="not the starting policy"):
             run_train(cfg)
     finally:
@@ -55,10 +64,19 @@ def test_reference_that_is_not_the_starting_policy_stops_the_run(tiny, tmp_path)
 
 def test_safety_callback_logs_refusal_and_over_refusal_during_training(tiny, tmp_path):
     model_dir, data = tiny
-    cfg = compose_train(train_overrides(model_dir, data, tmp_path / "run", "trainer.max_steps=2",
-                                        "safety_callback.enabled=true", "safety_callback.every_n_steps=1",
-                                        "safety_callback.limit_per_group=1", "safety_callback.max_new_tokens=4",
-                                        f"ref_cache.dir={tmp_path / 'rc'}"))
+    cfg = compose_train(
+        train_overrides(
+            model_dir,
+            data,
+            tmp_path / "run",
+            "trainer.max_steps=2",
+            "safety_callback.enabled=true",
+            "safety_callback.every_n_steps=1",
+            "safety_callback.limit_per_group=1",
+            "safety_callback.max_new_tokens=4",
+            f"ref_cache.dir={tmp_path / 'rc'}",
+        )
+    )
     run_train(cfg)
     history = json.loads((tmp_path / "run" / "safety_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2]

@@ -23,11 +23,22 @@ def test_subprocess_sweep_trains_evaluates_and_summarises(tmp_path):
     data = write_tiny_data(tmp_path / "data.jsonl")
     env = tiny_env(tmp_path)
     over = [o for o in train_overrides(model, data, tmp_path / "unused") if not o.startswith("run_dir=")]
-    cmd = [sys.executable, "-m", "safetune.train", "-m", *over, "trainer.max_steps=2", "trainer.warmup_steps=0",
-           f"ref_cache.dir={tmp_path / 'rc'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-           "sweep.launcher=python", "sweep.parallel=2", "sweep.eval=true",
-           'sweep.eval_overrides=["limit_per_group=1","generation.max_new_tokens=4"]',
-           "trainer.beta=0.05,0.3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "safetune.train",
+        "-m",
+        *over,
+        "trainer.max_steps=2",
+        "trainer.warmup_steps=0",
+        f"ref_cache.dir={tmp_path / 'rc'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "sweep.launcher=python",
+        "sweep.parallel=2",
+        "sweep.eval=true",
+        'sweep.eval_overrides=["limit_per_group=1","generation.max_new_tokens=4"]',
+        "trainer.beta=0.05,0.3",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     sweep = tmp_path / "sweep"
@@ -51,12 +62,17 @@ def test_subprocess_sweep_trains_evaluates_and_summarises(tmp_path):
 
 
 def test_accelerate_job_command_gets_its_own_port_and_config(tmp_path):
-    cmd = job_command("accelerate", ["trainer.beta=0.1", "sweep.parallel=2", "run_dir=x"], tmp_path / "3",
-                      str(ACCEL / "ddp.yaml"), port=29612)
+    cmd = job_command(
+        "accelerate",
+        ["trainer.beta=0.1", "sweep.parallel=2", "run_dir=x"],
+        tmp_path / "3",
+        str(ACCEL / "ddp.yaml"),
+        port=29612,
+    )
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--config_file") + 1].endswith("ddp.yaml")
     assert cmd[cmd.index("--main_process_port") + 1] == "29612"
-    tail = cmd[cmd.index("safetune.train") + 1:]
+    tail = cmd[cmd.index("safetune.train") + 1 :]
     assert tail == ["trainer.beta=0.1", f"run_dir={tmp_path / '3'}", "sweep.launcher=inline"]
     with pytest.raises(SweepError, match="launcher"):
         job_command("slurm", [], tmp_path)
@@ -82,8 +98,16 @@ def test_multirun_under_accelerate_launch_is_refused(monkeypatch):
         HydraConfig.instance().cfg = None
 
 
-@pytest.mark.parametrize("name,kind", [("single.yaml", "NO"), ("ddp.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"),
-                                       ("zero3.yaml", "DEEPSPEED"), ("fsdp.yaml", "FSDP")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("single.yaml", "NO"),
+        ("ddp.yaml", "MULTI_GPU"),
+        ("zero2.yaml", "DEEPSPEED"),
+        ("zero3.yaml", "DEEPSPEED"),
+        ("fsdp.yaml", "FSDP"),
+    ],
+)
 def test_accelerate_configs_parse(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
