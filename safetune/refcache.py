@@ -117,6 +117,17 @@ class RefLogpCache:
 
         key = self.key(dataset, split)
         cached = self.load(key, len(dataset))
+        if accelerator.num_processes > 1:
+            # Rank 0 decides hit or miss: a file appearing mid-check (a parallel sweep job) must not split the ranks,
+            # since computing runs collective operations.
+            from accelerate.utils import broadcast_object_list
+
+            hit = [cached is not None]
+            broadcast_object_list(hit, from_process=0)
+            if hit[0] and cached is None:
+                cached = self.load(key, len(dataset))
+            elif not hit[0]:
+                cached = None
         if cached is not None:
             self.hits.append(split)
             log.info("Reference log-probs for %s (%d rows) read from the cache (%s)", split, len(dataset), key)

@@ -118,3 +118,15 @@ def test_accelerate_configs_parse(name, kind):
         assert cfg.deepspeed_config["zero_stage"] == int(name[4])
     if kind == "FSDP":
         assert raw["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_sweep_experiment_composes_a_beta_by_loss_grid():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=sweep_beta"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["trainer.beta"].split(",") == ["0.05", "0.1", "0.3"]
+    assert params["trainer.loss_type"].split(",") == ["sigmoid", "ipo"]
+    assert cfg.sweep.eval is True and cfg.trainer.max_length == 192  # demo's values underneath
+    assert cfg.hydra.callbacks.safetune_sweep._target_ == "safetune.sweep.SweepCallback"
