@@ -41,7 +41,9 @@ def run_job(args: argparse.Namespace, beta: float, run_dir: Path, cache: Path | 
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", TQDM_DISABLE="1")
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    print(f"beta={beta} cache={'on' if cache else 'off'}: {dt:.1f} s", file=sys.stderr, flush=True)
+    return dt
 
 
 def main() -> None:
