@@ -58,3 +58,96 @@ def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
 def expected_initial_loss(loss_type: list[str]) -> float | None:
     """The DPO sigmoid loss at step 0 is ln 2 because the policy equals the reference."""
     return math.log(2) if list(loss_type) == ["sigmoid"] else None
+
+
+class SanityCheckError(RuntimeError):
+    """The first training batch shows the policy is not the reference (the DPO recipe is miswired)."""
+
+
+@dataclasses.dataclass
+class SanityCheck:
+    """Step-0 check: the policy starts as the reference, so log-ratios are ~0, margins ~0 and the sigmoid loss ~ln 2."""
+
+    enabled: bool = dataclasses.field(default=True, metadata={"help": "Run the check on the first training batch."})
+    max_abs_logratio: float | None = dataclasses.field(
+        default=0.05,
+        metadata={
+            "help": "Largest allowed |policy - reference| summed log-prob (nats) per sequence at step 0. "
+            "bf16/fp16 training needs more (about 0.5)."
+        },
+    )
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> SanityCheck:
+        d = dict(cfg or {})
+        return cls(
+            **{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
+            | ({"max_abs_logratio": None} if d.get("max_abs_logratio", 0) is None else {})
+        )
+
+    def check(self, chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> dict[str, float]:
+        """Raise :class:`SanityCheckError` when the first batch does not look like step 0 of DPO."""
+        lc, lr = chosen_logratio.detach().float(), rejected_logratio.detach().float()
+        margin = beta * (lc - lr)
+        implied = torch.nn.functional.softplus(-margin).mean().item()  # the sigmoid DPO loss of this batch
+        worst = max(lc.abs().max().item(), lr.abs().max().item())
+        tol = 0.05 if self.max_abs_logratio is None else self.max_abs_logratio
+        report = {
+            "sanity/max_abs_logratio": worst,
+            "sanity/reward_margin": margin.mean().item(),
+            "sanity/dpo_sigmoid_loss": implied,
+        }
+        if not (math.isfinite(worst) and worst <= tol):
+            raise SanityCheckError(
+                f"Step-0 sanity check failed: the policy's log-probabilities differ from the reference's by up to "
+                f"{worst:.4g} nats per sequence on the first batch (allowed {tol}); the sigmoid DPO "
+                f"loss is {implied:.4f} instead of ln 2 = {math.log(2):.4f} and the reward margin is "
+                f"{report['sanity/reward_margin']:.4g} instead of 0. At step 0 the policy must equal the reference. "
+                "Likely causes: stale reference log-probs (clear ref_cache.dir or set ref_cache.enabled=false), a "
+                "reference model that is not the starting policy (ref_model / model.name_or_path mismatch), LoRA "
+                "weights that are not zero-initialised, or reduced precision (raise sanity.max_abs_logratio for "
+                "bf16/fp16). Disable with sanity.enabled=false only if you know why."
+            )
+        return report
+
+
+def make_trainer_class():
+    """``trl.DPOTrainer`` plus safetune's shared reference cache and the step-0 sanity check."""
+    from trl import DPOTrainer
+
+    class SafetuneDPOTrainer(DPOTrainer):
+        def __init__(self, *args: Any, ref_cache: Any = None, sanity: SanityCheck | None = None, **kwargs: Any):
+            # Set before DPOTrainer.__init__, which precomputes reference log-probs.
+            self._safetune_ref_cache = ref_cache
+            self._safetune_sanity = sanity
+            self._safetune_checked = False
+            self.sanity_report: dict[str, float] = {}
+            super().__init__(*args, **kwargs)
+
+        def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+            cache = self._safetune_ref_cache
+            if cache is None:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            return cache.attach(
+                dataset,
+                name,
+                lambda: super(SafetuneDPOTrainer, self)._precompute_ref_logps(dataset, name, batch_size),
+                self.accelerator,
+            )
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            out = super()._compute_loss(model, inputs, return_outputs)
+            sanity = self._safetune_sanity
+            if self._safetune_checked or sanity is None or not sanity.enabled or not self.model.training:
+                return out
+            self._safetune_checked = True
+            if self.state.global_step > 0:
+                return out  # a resumed run starts past step 0
+            # TRL just logged this batch's rewards (beta * log-ratio, gathered over ranks): read them back.
+            m = self._metrics["train"]
+            chosen, rejected = m["rewards/chosen"][-1] / self.beta, m["rewards/rejected"][-1] / self.beta
+            self.sanity_report = sanity.check(torch.tensor([chosen]), torch.tensor([rejected]), beta=self.beta)
+            log.info("Step-0 sanity check passed: %s", self.sanity_report)
+            return out
+
+    return SafetuneDPOTrainer

@@ -48,13 +48,21 @@ class ModelSpec:
         metadata={"help": "'embedded:<name>', a local checkpoint directory, or a hub id."},
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
-    dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'."})
+    dtype: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'."}
+    )
     cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where de-quantised embedded models are cached. Default: $SAFETUNE_CACHE or ~/.cache/safetune."},
+        metadata={
+            "help": "Where de-quantised embedded models are cached. Default: $SAFETUNE_CACHE or ~/.cache/safetune."
+        },
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "'eager', 'sdpa', 'flash_attention_2' or None (auto)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Never enabled by default: remote code runs on your machine."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "'eager', 'sdpa', 'flash_attention_2' or None (auto)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Never enabled by default: remote code runs on your machine."}
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4-bit NF4 via bitsandbytes."})
 
     @classmethod
@@ -143,8 +151,14 @@ def torch_dtype(name: str) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[name]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[name]
     except KeyError as e:
         raise ModelLoadError(f"model.dtype={name!r} is not valid; expected auto, float32, bfloat16 or float16.") from e
 
@@ -244,5 +258,7 @@ def lora_config(peft_cfg: Any, model: Any = None):
     valid = set(LoraConfig.__dataclass_fields__)
     unknown = sorted(set(d) - valid)
     if unknown:
-        raise ValueError(f"Unknown peft option(s) {unknown}; valid LoraConfig fields include r, lora_alpha, lora_dropout, target_modules.")
+        raise ValueError(
+            f"Unknown peft option(s) {unknown}; valid LoraConfig fields include r, lora_alpha, lora_dropout, target_modules."
+        )
     return LoraConfig(**d)

@@ -16,7 +16,10 @@ RUN_INFO = "safetune_run.json"
 def redact(obj: Any) -> Any:
     """Replace values under secret-looking keys with '***' (saved configs never hold secrets)."""
     if isinstance(obj, dict):
-        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact(v)) for k, v in obj.items()}
+        return {
+            k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact(v))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
@@ -36,6 +39,17 @@ def agree_on_dir(proposed: str | os.PathLike[str]) -> Path:
     if state.num_processes > 1:
         broadcast_object_list(obj, from_process=0)
     return Path(obj[0])
+
+
+def broadcast_str(value: str) -> str:
+    """Rank 0's ``value`` on every rank."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    obj = [value]
+    if PartialState().num_processes > 1:
+        broadcast_object_list(obj, from_process=0)
+    return obj[0]
 
 
 def is_main_process() -> bool:

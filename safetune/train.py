@@ -14,7 +14,12 @@ Run directory layout (written by rank 0 only)::
       log_history.json         the trainer's log history
       metrics.json             final metrics
       safetune_run.json        what eval needs to rebuild the model (model spec, template, adapter path)
-      trainer/                 trainer checkpoints and tensorboard logs
+      trainer/                 trainer checkpoints (each marked complete when fully written) and logs
+
+Resume: ``resume=auto`` continues from the newest complete checkpoint in ``<run_dir>/trainer`` (set
+``run_dir`` and ``trainer.save_strategy=steps trainer.save_steps=N``); ``resume=<path>`` from that checkpoint.
+Multirun (``-m``): each job writes ``<sweep dir>/<job num>``; see :mod:`safetune.sweep` for the
+subprocess launcher, the per-job evaluation and the sweep summary.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +35,63 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from safetune import CONF_DIR, runs
+from safetune.callbacks import CompleteCheckpointCallback, SafetyEvalCallback, last_complete_checkpoint
 from safetune.data import build_preference_data
-from safetune.dpo import build_dpo_config
+from safetune.dpo import SanityCheck, build_dpo_config, make_trainer_class
 from safetune.formatting import ChatFormatter
 from safetune.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
 from safetune.preflight import preflight_training_rows
+from safetune.refcache import build_ref_cache
 
 log = logging.getLogger(__name__)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    proposed = cfg.get("run_dir") or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
+    proposed = (
+        cfg.get("run_dir") or _multirun_job_dir() or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
+    )
     return runs.agree_on_dir(proposed)
+
+
+def _multirun_job_dir() -> str | None:
+    """Inside a Hydra multirun job: ``<hydra.sweep.dir>/<hydra.sweep.subdir>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return hc.runtime.output_dir if hc.mode == RunMode.MULTIRUN else None
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of this job (recorded in safetune_run.json; the sweep summary reads them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
+    """``null``/false: fresh; ``auto``: newest complete checkpoint if any; a path: that checkpoint (must be complete)."""
+    from safetune.callbacks import is_complete
+
+    if resume in (None, False, "", "none", "null"):
+        return None
+    if resume == "auto":
+        ck = last_complete_checkpoint(trainer_dir) if runs.is_main_process() else None
+        found = runs.broadcast_str(str(ck) if ck else "")  # rank 0 decides (and quarantines incomplete ones)
+        if not found:
+            log.info("resume=auto: no complete checkpoint in %s; starting fresh.", trainer_dir)
+            return None
+        log.info("resume=auto: continuing from %s", found)
+        return str(found)
+    p = Path(str(resume))
+    if not is_complete(p):
+        raise FileNotFoundError(
+            f"resume={resume!r}: not a complete checkpoint directory (expected checkpoint-N with trainer_state.json "
+            "and the .safetune_complete marker). Use resume=auto to pick the newest complete one."
+        )
+    return str(p)
 
 
 def to_container(cfg: Any) -> Any:
@@ -67,9 +118,10 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build data, tokenizer, model, LoRA and DPOConfig from ``cfg``; train; save the run directory."""
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import DPOTrainer
+    from transformers import set_seed
 
     state = PartialState()
+    set_seed(int(cfg.get("seed", 42)))  # LoRA init and data order: same seed, same run
     run_dir = resolve_run_dir(cfg)
     main = state.is_main_process
     if main:
@@ -99,32 +151,64 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     formatter = ChatFormatter.from_cfg(tokenizer, to_container(cfg.template))
     # Chat-template preflight on a sample of rows, before any model loads; template.preflight.force=true overrides.
     preflight_training_rows(formatter, bundle.train, to_container(cfg.template), to_container(cfg.trainer), show=main)
-    train_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train")
+    train_ds = _on_disk(
+        Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train"
+    )
     eval_ds = None
     if bundle.eval:
-        eval_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval")
+        eval_ds = _on_disk(
+            Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval"
+        )
 
     model = load_model(spec, model_path)
-    peft_config = lora_config(to_container(cfg.peft), model)
+    peft_cfg = dict(to_container(cfg.peft))
+    reference = str(peft_cfg.pop("reference", "base") or "base")
+    peft_config = lora_config(peft_cfg, model)
     if spec.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.trainer.get("gradient_checkpointing")))
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(cfg.trainer.get("gradient_checkpointing"))
+        )
+    ref_model = None  # with LoRA the reference is the adapter-disabled base: no second copy in memory
+    if peft_config is None and reference == "explicit":
+        ref_model = load_model(spec, model_path)  # full fine-tuning: a frozen copy of the starting weights
+        ref_model.eval().requires_grad_(False)
 
+    trainer_cfg = to_container(cfg.trainer)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
-    args = build_dpo_config(to_container(cfg.trainer), str(run_dir / "trainer"))
+    args = build_dpo_config(trainer_cfg, str(run_dir / "trainer"))
     if eval_ds is None:
         args.eval_strategy = "no"
-    trainer = DPOTrainer(
+    ref_cache = build_ref_cache(
+        cfg.get("ref_cache"),
+        model_spec={**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit},
+        model_path=model_path,
+        data_content_hash=bundle.manifest["content_hash"],
+        template=to_container(cfg.template),
+        trainer_cfg=trainer_cfg,
+        reference=reference if peft_config is None else "adapter-disabled-base",
+    )
+    sanity = SanityCheck.from_cfg(to_container(cfg.get("sanity")))
+    if sanity.max_abs_logratio is None:
+        sanity.max_abs_logratio = 1.0 if (args.bf16 or args.fp16) else 0.05
+    trainer = make_trainer_class()(
         model=model,
-        ref_model=None,  # with LoRA the reference is the adapter-disabled base: no second copy in memory
+        ref_model=ref_model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
+        ref_cache=ref_cache,
+        sanity=sanity,
     )
-    result = trainer.train()
+    trainer.add_callback(CompleteCheckpointCallback())
+    safety_cb = _safety_callback(cfg, trainer, tokenizer, formatter, run_dir)
+    if safety_cb is not None:
+        trainer.add_callback(safety_cb)
+    resume_from = resolve_resume(cfg.get("resume"), run_dir / "trainer")
+    result = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = {k: v for k, v in result.metrics.items()}
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
@@ -134,31 +218,77 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if key in last_train:
             metrics[f"final/{key}"] = last_train[key]
 
+    metrics.update(trainer.sanity_report)
+    if ref_cache is not None:
+        metrics["ref_cache/hits"] = len(ref_cache.hits)
+        metrics["ref_cache/misses"] = len(ref_cache.misses)
+    if resume_from:
+        metrics["resumed_from"] = Path(resume_from).name
+
+    # Atomic final save: write a temp dir, then rename (a crash never leaves a half-written adapter/).
     adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))  # rank 0 writes (Trainer guards it)
+    tmp_dir = run_dir / ".adapter.tmp"
+    if main and tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp_dir))  # rank 0 writes (Trainer guards it)
     state.wait_for_everyone()
     if main:
-        (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
-        tokenizer.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(tmp_dir))
+        (tmp_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: run dirs hold safetensors/JSON only
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        os.replace(tmp_dir, adapter_dir)
+        if safety_cb is not None:
+            runs.write_json(run_dir / "safety_history.json", safety_cb.history)
         runs.write_json(run_dir / "log_history.json", history)
         runs.write_json(run_dir / "metrics.json", metrics)
-        runs.write_json(run_dir / runs.RUN_INFO, {
-            "kind": "adapter" if peft_config is not None else "full",
-            "model": runs.redact(to_container(cfg.model)),
-            "template": to_container(cfg.template),
-            "adapter": "adapter",
-            "name": cfg.name,
-            "data_content_hash": bundle.manifest["content_hash"],
-            "world_size": state.num_processes,
-        })
+        runs.write_json(
+            run_dir / runs.RUN_INFO,
+            {
+                "kind": "adapter" if peft_config is not None else "full",
+                "model": runs.redact({**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit}),
+                "template": to_container(cfg.template),
+                "adapter": "adapter",
+                "name": cfg.name,
+                "data_content_hash": bundle.manifest["content_hash"],
+                "world_size": state.num_processes,
+                "overrides": hydra_overrides(),
+                "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
+            },
+        )
         log.info("Run directory: %s", run_dir)
+    state.wait_for_everyone()
     artifacts = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir)}
     return metrics, artifacts
 
 
+def _safety_callback(cfg: DictConfig, trainer: Any, tokenizer: Any, formatter: Any, run_dir: Path):
+    sc = cfg.get("safety_callback")
+    if not sc or not sc.get("enabled"):
+        return None
+    return SafetyEvalCallback(
+        trainer,
+        tokenizer,
+        formatter,
+        to_container(sc.suite),
+        to_container(sc.judge),
+        every_n_steps=int(sc.every_n_steps),
+        limit_per_group=int(sc.limit_per_group),
+        max_new_tokens=int(sc.max_new_tokens),
+        batch_size=int(sc.get("batch_size", 16)),
+        out_dir=run_dir,
+    )
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from safetune import sweep
+
+    if sweep.handle_multirun_job(cfg):
+        return  # a sweep job handed to its own subprocess (sweep.launcher=python|accelerate)
     metrics, artifacts = run_train(cfg)
+    sweep.after_inline_job(cfg, artifacts)
     if runs.is_main_process():
         from safetune.console import print_metrics
 

@@ -1,0 +1,66 @@
+"""Shared reference log-prob cache: reused when only beta/loss/lr change, recomputed when anything else does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from train_tiny import compose_train, make_tiny_model, train_overrides, write_tiny_data
+
+from safetune.dpo import SanityCheckError
+from safetune.train import run_train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return make_tiny_model(d / "model"), write_tiny_data(d / "data.jsonl")
+
+
+def _run(tiny, tmp_path: Path, name: str, *extra: str):
+    model, data = tiny
+    cfg = compose_train(
+        train_overrides(
+            model, data, tmp_path / name, "trainer.max_steps=1", f"ref_cache.dir={tmp_path / 'refcache'}", *extra
+        )
+    )
+    return run_train(cfg)[0]
+
+
+def test_cache_reused_across_beta_and_loss_and_recomputed_when_inputs_change(tiny, tmp_path):
+    first = _run(tiny, tmp_path, "a", "trainer.beta=0.1", "trainer.loss_type=sigmoid")
+    assert (first["ref_cache/hits"], first["ref_cache/misses"]) == (0, 1)
+    files = sorted((tmp_path / "refcache").glob("*.safetensors"))
+    assert len(files) == 1
+
+    # Only beta, loss type and learning rate differ: served from disk, and still the exact step-0 reference.
+    again = _run(tiny, tmp_path, "b", "trainer.beta=0.3", "trainer.loss_type=ipo", "trainer.learning_rate=1e-3")
+    assert (again["ref_cache/hits"], again["ref_cache/misses"]) == (1, 0)
+    assert again["sanity/max_abs_logratio"] < 1e-3
+    assert len(list((tmp_path / "refcache").glob("*.safetensors"))) == 1
+
+    # max_length and the template change what the reference scores: new keys, recomputed.
+    shorter = _run(tiny, tmp_path, "c", "trainer.max_length=56")
+    assert (shorter["ref_cache/hits"], shorter["ref_cache/misses"]) == (0, 1)
+    system = _run(tiny, tmp_path, "d", "+template.system_prompt='You are careful.'")
+    assert (system["ref_cache/hits"], system["ref_cache/misses"]) == (0, 1)
+    assert len(list((tmp_path / "refcache").glob("*.safetensors"))) == 3
+
+
+def test_stale_cache_entry_is_caught_by_the_step0_sanity_check(tiny, tmp_path):
+    _run(tiny, tmp_path, "a")
+    (entry,) = (tmp_path / "refcache").glob("*.safetensors")
+    t = load_file(str(entry))
+    save_file({k: v + 5.0 for k, v in t.items()}, str(entry))  # as if the base weights changed under the same key
+    with pytest.raises(SanityCheckError, match="ln 2") as err:
+        _run(tiny, tmp_path, "b")
+    assert "stale reference" in str(err.value)
+
+
+def test_cache_disabled_computes_every_time(tiny, tmp_path):
+    m = _run(tiny, tmp_path, "a", "ref_cache.enabled=false")
+    assert "ref_cache/hits" not in m
+    assert not (tmp_path / "refcache").exists()
+    assert abs(m["sanity/dpo_sigmoid_loss"] - torch.log(torch.tensor(2.0)).item()) < 1e-3
