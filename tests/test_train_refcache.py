@@ -42,7 +42,7 @@ def test_cache_reused_across_beta_and_loss_and_recomputed_when_inputs_change(tin
     assert len(list((tmp_path / "refcache").glob("*.safetensors"))) == 1
 
     # max_length and the template change what the reference scores: new keys, recomputed.
-    shorter = _run(tiny, tmp_path, "c", "trainer.max_length=56")
+    shorter = _run(tiny, tmp_path, "c", "trainer.max_length=56", "template.preflight.force=true")
     assert (shorter["ref_cache/hits"], shorter["ref_cache/misses"]) == (0, 1)
     system = _run(tiny, tmp_path, "d", "+template.system_prompt='You are careful.'")
     assert (system["ref_cache/hits"], system["ref_cache/misses"]) == (0, 1)
