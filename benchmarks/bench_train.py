@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["trl_plain", "safetune_as_trl", "safetune_default", "safetune_top4", "safetune_padfree", "trl_plain_bf16"]
+VARIANTS = ["trl_plain", "safetune_default", "safetune_as_trl", "safetune_top4", "safetune_padfree", "trl_plain_bf16"]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -338,6 +338,10 @@ def main() -> None:
             continue
         results.append(json.loads(line[len("BENCH_RESULT ") :]))
         print(f"[{v}] done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        if a.json:  # partial results survive an interrupted run
+            Path(a.json + ".partial").write_text(
+                json.dumps({"matmul_gflops_before": gflops_before, "results": results})
+            )
     gflops_after = matmul_gflops()
     gflops = (gflops_before + gflops_after) / 2
     load1 = os.getloadavg()
