@@ -25,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="headless Chromium not installed: apt-get install -y chromium chromium-driver (scripts/test.sh does it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="headless Chromium not installed: apt-get install -y chromium chromium-driver (scripts/test.sh does it)",
+    ),
+]
 
 PROBE = """<script>
 window.addEventListener('load', function () {

@@ -62,6 +62,7 @@ def test_committed_notebooks_are_stripped(path):
     assert not dirty, f"{path.name}: code cells {dirty} have outputs; strip them (Kernel > Restart & Clear Output)"
 
 
+@pytest.mark.slow
 def test_explore_preferences_on_the_bundled_set(monkeypatch):
     from safetune.data.stats import compute_stats
     from safetune.data.validate import validate_config
@@ -80,6 +81,7 @@ def test_explore_preferences_on_the_bundled_set(monkeypatch):
     assert (got["errors"], got["warnings"]) == (len(report.errors), len(report.warnings))
 
 
+@pytest.mark.slow
 def test_explore_preferences_shows_validator_findings_for_a_bad_file(monkeypatch, tiny_prefs, tmp_path):
     rows = [json.loads(line) for line in tiny_prefs.read_text().splitlines()]
     rows[0]["rejected"] = rows[0]["chosen"]  # an identical pair: a validation error
@@ -100,6 +102,7 @@ def test_explore_preferences_shows_validator_findings_for_a_bad_file(monkeypatch
     assert "identical_pair" in html and "prefs.jsonl:1" in html  # the findings table names the rule and the row
 
 
+@pytest.mark.slow
 def test_compare_checkpoints_on_real_eval_dirs(monkeypatch):
     evals = build_eval_dirs()
     nb = execute(
