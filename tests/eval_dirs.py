@@ -15,7 +15,9 @@ per process into a temporary directory; no verdict or rate is written by hand.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -138,6 +140,7 @@ def build_eval_dirs() -> Path:
     if "root" in _BUILT:
         return _BUILT["root"]
     root = Path(tempfile.mkdtemp(prefix="safetune-evals-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     rows = bundled_rows()
     suite = root / "prompts.jsonl"
     suite.write_text("".join(json.dumps(p) + "\n" for p in suite_rows(rows)))
