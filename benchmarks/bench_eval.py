@@ -5,6 +5,12 @@ prompts (bundled harmful + benign suites). The eval stage batches length-sorted,
 is measured in one run:
 
     PYTHONPATH=$PWD python benchmarks/bench_eval.py --prompts 64 --max-new-tokens 32 --batch-size 32
+
+Judge throughput (pairs/s) of each configured judge on the bundled human-labelled ``judge_check.jsonl`` rows
+(repeated up to ``--judge-pairs``): ``judge_many`` (batched) vs a one-pair-at-a-time ``judge`` loop, with the
+judge's set-up time (encoder load, head fit or cache hit) reported apart and its agreement with the labels:
+
+    PYTHONPATH=$PWD python benchmarks/bench_eval.py --skip-generation --judges keyword,embedding
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import torch
 
@@ -21,21 +28,45 @@ from safetune.formatting import ChatFormatter
 from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument(
-        "--baseline-prompts", type=int, default=None, help="time the loop on fewer prompts (rate is per answer)"
-    )
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="also write the numbers here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def judge_throughput(names: list[str], n_pairs: int) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
 
+    from safetune import CONF_DIR
+    from safetune.eval.judges import build_judge
+    from safetune.eval.judges.embedding import bundled_file, load_labelled
+
+    rows = load_labelled(bundled_file("judge_check.jsonl"))
+    rows = (rows * (n_pairs // len(rows) + 1))[:n_pairs]
+    pairs = [(r["prompt"], r["response"]) for r in rows]
+    out: dict[str, Any] = {}
+    for name in names:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("eval", overrides=[f"eval/judge={name}"])
+        t0 = time.perf_counter()
+        judge = build_judge(cfg.eval.judge)
+        judge.judge_many(pairs[:2])  # set-up: encoder load / head fit or cache hit
+        t_setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batched = judge.judge_many(pairs)
+        t_batched = time.perf_counter() - t0
+        n_loop = min(len(pairs), 150)
+        t0 = time.perf_counter()
+        looped = [judge.judge(p, r) for p, r in pairs[:n_loop]]
+        t_loop = time.perf_counter() - t0
+        out[name] = {
+            "pairs": len(pairs),
+            "setup_s": round(t_setup, 2),
+            "judge_many_pairs_per_s": round(len(pairs) / t_batched, 1),
+            "loop_pairs": n_loop,
+            "loop_pairs_per_s": round(n_loop / t_loop, 1),
+            "speedup": round((len(pairs) / t_batched) / (n_loop / t_loop), 2),
+            "agreement_with_labels": round(sum(v.label == r["label"] for v, r in zip(batched, rows)) / len(rows), 3),
+            "loop_matches_batched": f"{sum(a.label == b.label for a, b in zip(looped, batched))}/{n_loop}",
+        }
+    return out
+
+
+def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     spec = ModelSpec(name_or_path=args.model)
     path = resolve_model_path(spec)
     tok = load_tokenizer(spec, path)
@@ -64,7 +95,7 @@ def main() -> None:
     t_plain = time.perf_counter() - t0
 
     same = sum(a == b for a, b in zip(batched, plain))
-    res = {
+    return {
         "prompts": len(texts),
         "baseline_prompts": n_base,
         "max_new_tokens": args.max_new_tokens,
@@ -77,6 +108,33 @@ def main() -> None:
         "speedup": round((len(texts) / t_batched) / (n_base / t_plain), 2),
         "identical_answers": f"{same}/{n_base}",
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--baseline-prompts", type=int, default=None, help="time the loop on fewer prompts (rate is per answer)"
+    )
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--judges", default="keyword,embedding", help="judge configs (conf/eval/judge/<name>.yaml); '' skips"
+    )
+    ap.add_argument("--judge-pairs", type=int, default=600)
+    ap.add_argument("--skip-generation", action="store_true", help="only the judge throughput")
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    res: dict[str, Any] = {"threads": torch.get_num_threads()}
+    if not args.skip_generation:
+        res.update(bench_generation(args))
+    if args.judges:
+        res["judges"] = judge_throughput([j for j in args.judges.split(",") if j], args.judge_pairs)
     print(json.dumps(res, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -85,8 +85,8 @@ def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
             capsize=3,
         )
         ax.annotate(name, (100 * b["rate"], 100 * h["rate"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
+    ax.set_xlim(-4, 104)  # a margin: points at 0% or 100% would otherwise be clipped at the axes' edge
+    ax.set_ylim(-4, 104)
     ax.set_xlabel("over-refusal on benign prompts (%)  ← better")
     ax.set_ylabel("refusal on harmful prompts (%)  ↑ safer")
     ax.set_title("safety vs over-refusal")
