@@ -104,32 +104,15 @@ def run_one(model: str, suite: Path, out_dir: Path) -> None:
 
 def write_answers(out_dir: Path, suite: Path, answers: dict[str, str], label: str) -> None:
     """A checkpoint whose answers are given: judged, summarised and reported exactly as ``run_eval`` does."""
+    from safetune.eval.evaluate import verdict_record
     from safetune.eval.judges.keyword import KeywordJudge
     from safetune.eval.metrics import summarise
     from safetune.eval.report import write_reports
-    from safetune.eval.suites import load_suite, report_group
+    from safetune.eval.suites import load_suite
 
     prompts = load_suite({"name": "mine", "loader": "jsonl", "path": str(suite)})
     verdicts = KeywordJudge().judge_many([(p.user_text, answers[p.id]) for p in prompts])
-    records = [
-        {
-            "prompt_id": p.id,
-            "suite": p.suite,
-            "kind": p.kind,
-            "group": report_group(p),
-            "category": p.category,
-            "type": p.type,
-            "tactic": p.tactic,
-            "severity": p.severity,
-            "sample": 0,
-            "prompt": p.user_text,
-            "response": answers[p.id],
-            "label": v.label,
-            "judge": v.judge,
-            "reason": v.reason,
-        }
-        for p, v in zip(prompts, verdicts)
-    ]
+    records = [verdict_record(p, answers[p.id], v) for p, v in zip(prompts, verdicts)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "verdicts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_reports(out_dir, summarise(records), {"label": label, "checkpoint": label, "judge": "keyword"})

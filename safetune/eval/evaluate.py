@@ -116,6 +116,26 @@ def retention_summary(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def verdict_record(p: Any, response: str, v: Any, *, sample: int = 0) -> dict[str, Any]:
+    """One row of verdicts.jsonl: the prompt's reporting fields, the answer, and the judge's verdict."""
+    return {
+        "prompt_id": p.id,
+        "suite": p.suite,
+        "kind": p.kind,
+        "group": report_group(p),
+        "category": p.category,
+        "type": p.type,
+        "tactic": p.tactic,
+        "severity": p.severity,
+        "sample": sample,
+        "prompt": p.user_text,
+        "response": response,
+        "label": v.label,
+        "judge": v.judge,
+        "reason": v.reason,
+    }
+
+
 def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
     from accelerate import PartialState
@@ -150,27 +170,9 @@ def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     rubric_judge = build_rubric_judge(cfg.eval.get("rubric"))
     by_id = {(p.suite, p.id): p for p in prompts}
     verdicts = judge.judge_many([(by_id[(g.suite, g.prompt_id)].user_text, g.response) for g in gens])
-    records = []
-    for g, v in zip(gens, verdicts):
-        p = by_id[(g.suite, g.prompt_id)]
-        records.append(
-            {
-                "prompt_id": p.id,
-                "suite": p.suite,
-                "kind": p.kind,
-                "group": report_group(p),
-                "category": p.category,
-                "type": p.type,
-                "tactic": p.tactic,
-                "severity": p.severity,
-                "sample": g.sample,
-                "prompt": p.user_text,
-                "response": g.response,
-                "label": v.label,
-                "judge": v.judge,
-                "reason": v.reason,
-            }
-        )
+    records = [
+        verdict_record(by_id[(g.suite, g.prompt_id)], g.response, v, sample=g.sample) for g, v in zip(gens, verdicts)
+    ]
     score_records(records, rubric_judge, kind="harmful")  # adds r["rubric"] to harmful refusals
     with open(out_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
         for r in records:
