@@ -69,7 +69,10 @@ def resolve_local(path: str) -> list[Path]:
         return [f]
     if path.startswith(BUNDLED_PREFIX):
         pattern = path[len(BUNDLED_PREFIX) :]
-        files = sorted(bundled_dir().glob(pattern if any(c in pattern for c in "*?[") else f"{pattern}*.jsonl"))
+        if any(c in pattern for c in "*?[") or pattern.endswith(".jsonl"):
+            files = sorted(bundled_dir().glob(pattern))  # a glob or an exact file name
+        else:
+            files = sorted(bundled_dir().glob(f"{pattern}*.jsonl"))  # a prefix: bundled://safety_prefs
         if not files:
             raise FileNotFoundError(f"No bundled data matches {path!r} in {bundled_dir()}.")
         return files

@@ -96,10 +96,15 @@ def pair_key(ex: PreferenceExample, *, normalised: bool = True, swapped: bool = 
     return content_hash([[norm(m["content"]) for m in ex.prompt], norm(a), norm(b)])
 
 
-def dedup(examples: list[PreferenceExample]) -> tuple[list[PreferenceExample], Counter[str]]:
-    """Drop exact, then normalised-text (case/punctuation/whitespace) duplicates of the pair; keep the first."""
-    exact: set[str] = set()
-    norm: set[str] = set()
+def dedup(
+    examples: list[PreferenceExample], seen: tuple[set[str], set[str]] | None = None
+) -> tuple[list[PreferenceExample], Counter[str]]:
+    """Drop exact, then normalised-text (case/punctuation/whitespace) duplicates of the pair; keep the first.
+
+    ``seen`` (exact keys, normalised keys) carries state across calls, so sources are deduplicated against
+    the sources before them — before weighting, which repeats rows on purpose.
+    """
+    exact, norm = seen if seen is not None else (set(), set())
     dropped: Counter[str] = Counter()
     out = []
     for ex in examples:
@@ -201,12 +206,18 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
     mixed: list[PreferenceExample] = []
     per_source: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
+    dropped: Counter[str] = Counter()
+    seen: tuple[set[str], set[str]] = (set(), set())
     for src in sources:
         src = dict(src)
         name = src.get("name") or src.get("path")
         rows = load_source(src, on_error=on_error)
         errors.extend(rows.errors)
         skipped, skipped_at = dict(rows.skipped), dict(rows.skipped_at)
+        invalid_rows = len(rows.errors) if isinstance(rows, Loaded) else 0
+        if cfg.get("dedup", True):
+            rows, src_dropped = dedup(list(rows), seen)
+            dropped.update(src_dropped)
         loaded = len(rows)
         max_rows = src.get("max_rows")
         weight = src.get("weight")
@@ -228,16 +239,13 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
                 "used": len(rows),
                 "skipped": skipped,
                 "skipped_examples": skipped_at,
-                "invalid_rows": len(rows.errors) if isinstance(rows, Loaded) else 0,
+                "invalid_rows": invalid_rows,
                 "content_hash": content_hash([r.to_dict() for r in rows]),
             }
         )
         if skipped:
             log.warning("Source %s: %d row(s) left out: %s", name, sum(skipped.values()), skipped)
         mixed.extend(rows)
-    dropped: Counter[str] = Counter()
-    if cfg.get("dedup", True):
-        mixed, dropped = dedup(mixed)
     suites = list(cfg.get("leakage_suites") or [])
     leakage = check_leakage(mixed, suites) if suites else []
     if leakage:
