@@ -29,12 +29,23 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def process_state():
+    """The process group state, created so that several CPU processes form a gloo group too.
+
+    ``PartialState()`` without ``cpu=True`` on a machine without CUDA ignores the ranks that
+    ``accelerate launch --multi_gpu`` set up and reports a single process; every rank would then act as rank 0.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def agree_on_dir(proposed: str | os.PathLike[str]) -> Path:
     """Every rank returns rank 0's proposal (timestamps differ across ranks otherwise)."""
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state = PartialState()
+    state = process_state()
     obj = [str(proposed)]
     if state.num_processes > 1:
         broadcast_object_list(obj, from_process=0)
@@ -43,19 +54,16 @@ def agree_on_dir(proposed: str | os.PathLike[str]) -> Path:
 
 def broadcast_str(value: str) -> str:
     """Rank 0's ``value`` on every rank."""
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     obj = [value]
-    if PartialState().num_processes > 1:
+    if process_state().num_processes > 1:
         broadcast_object_list(obj, from_process=0)
     return obj[0]
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

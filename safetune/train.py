@@ -104,10 +104,9 @@ def _on_disk(ds: Any, path: Path) -> Any:
     In-memory datasets keep their map() caches in a per-process temp dir, so TRL's precomputed
     reference log-probs (written by rank 0) would be invisible to the other ranks under DDP.
     """
-    from accelerate import PartialState
     from datasets import load_from_disk
 
-    state = PartialState()
+    state = runs.process_state()
     if state.is_main_process:
         ds.save_to_disk(str(path))
     state.wait_for_everyone()
@@ -116,11 +115,10 @@ def _on_disk(ds: Any, path: Path) -> Any:
 
 def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build data, tokenizer, model, LoRA and DPOConfig from ``cfg``; train; save the run directory."""
-    from accelerate import PartialState
     from datasets import Dataset
     from transformers import set_seed
 
-    state = PartialState()
+    state = runs.process_state()
     set_seed(int(cfg.get("seed", 42)))  # LoRA init and data order: same seed, same run
     run_dir = resolve_run_dir(cfg)
     main = state.is_main_process

@@ -137,13 +137,9 @@ def verdict_record(p: Any, response: str, v: Any, *, sample: int = 0) -> dict[st
 
 
 def run_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    import torch
-    from accelerate import PartialState
+    from safetune.runs import agree_on_dir, process_state
 
-    from safetune.runs import agree_on_dir
-
-    # cpu=True lets several CPU processes (torchrun / accelerate's distributed launcher) form a gloo group.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()  # several CPU processes form a gloo group too
     prompts = load_suites(cfg.eval.suite, cfg.get("limit_per_group"))  # fail on bad suites before loading a model
     if not prompts:
         raise ValueError("The configured evaluation suites are empty.")
