@@ -44,6 +44,8 @@ def test_weight_two_doubles_rows_and_dedup_still_drops_true_duplicates(tmp_path)
         "How do I sharpen a knife?",
     ]
     assert [s["used"] for s in bundle.manifest["sources"]] == [2, 2]
+    ids = [ex.id for ex in bundle.train]
+    assert len(set(ids)) == len(ids) and sum(i.endswith("~2") for i in ids) == 1  # the repeat has its own id
 
 
 def test_bundled_exact_file_name_and_prefix_both_resolve():

@@ -28,7 +28,7 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from typing import Any
 
@@ -94,6 +94,10 @@ def pair_key(ex: PreferenceExample, *, normalised: bool = True, swapped: bool = 
     norm = normalise_text if normalised else (lambda t: t)
     a, b = (ex.rejected, ex.chosen) if swapped else (ex.chosen, ex.rejected)
     return content_hash([[norm(m["content"]) for m in ex.prompt], norm(a), norm(b)])
+
+
+def _repeat(ex: PreferenceExample, k: int) -> PreferenceExample:
+    return replace(ex, id=f"{ex.id}~{k + 1}", metadata={**ex.metadata, "repeat_of": ex.id})
 
 
 def dedup(
@@ -227,7 +231,11 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
             # weight scales the source relative to its size (0.5 = half the rows, 2.0 = each row twice)
             n = round(loaded * float(weight))
             whole, rest = divmod(n, loaded) if loaded else (0, 0)
-            rows = [r for _ in range(whole) for r in rows] + [rows[i] for i in sorted(rng.sample(range(loaded), rest))]
+            extra = [rows[i] for i in sorted(rng.sample(range(loaded), rest))]
+            # Repeats get their own ids ("<id>~2") so per-row rules and id-joined reports stay unambiguous.
+            rows = [r if k == 0 else _repeat(r, k) for k in range(whole) for r in rows] + [
+                _repeat(r, whole) if whole else r for r in extra
+            ]
         if max_rows is not None and len(rows) > int(max_rows):
             rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), int(max_rows)))]
         per_source.append(
