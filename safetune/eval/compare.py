@@ -222,6 +222,8 @@ def compare(
                     s = r["summary"]["suites"].get(suite, {}).get(kind)
                     v = (s or {}).get("micro") if g == "__all__" else (s or {}).get(key, {}).get(g)
                     vals.append(v["rate"] if v else None)
+                if all(v is None for v in vals):
+                    continue  # this suite has no prompts of this kind (e.g. the benign suite's harmful row)
                 rows.append({"suite": suite, "kind": kind, "group": "ALL" if g == "__all__" else g, "rates": vals})
     tests = []
     for i in range(1, len(dirs)):
