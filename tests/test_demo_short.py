@@ -13,8 +13,10 @@ def test_shortened_demo_improves_refusal_on_bundled_suite(tmp_path, embedded_mod
 
     overrides = [
         "eval/suite=bundled",  # the bundled harmful + benign suites (XSTest is covered elsewhere)
-        "data.sources.0.max_rows=64",
-        "trainer.max_steps=16",
+        # one epoch over 72 harmful + 24 benign pairs (the demo weights benign 2x; keep this run mostly harmful)
+        "data.sources.0.max_rows=72",
+        "data.sources.1.max_rows=24",
+        "trainer.max_steps=24",
         "trainer.learning_rate=2e-3",
         "trainer.report_to=[]",
         "limit_per_group=2",
