@@ -129,7 +129,8 @@ def test_eval_report_renders_charts_without_console_errors(reports):
 def test_compare_report_renders_charts_tables_and_flips(reports):
     dom, msgs, charts = render(reports["compare"])
     assert msgs == [], f"console messages in {reports['compare']}: {msgs}"
-    assert len(charts) == 3 and all(ok and w > 200 and h > 150 for ok, w, h in charts), charts
+    # safety vs over-refusal, harmful per category, benign per type, safety vs helpfulness (trade-off)
+    assert len(charts) == 4 and all(ok and w > 200 and h > 150 for ok, w, h in charts), charts
     # all three checkpoints are columns of the side-by-side table; the sweep directory was expanded
     head = re.search(r"<thead><tr>(.*?)</tr></thead>", dom).group(1)
     assert all(n in head for n in ("pairs-chosen", "pairs-rejected")) and head.count("Δ") == 2
