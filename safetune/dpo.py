@@ -21,6 +21,25 @@ SAFETUNE_DEFAULTS: dict[str, Any] = {
 }
 
 
+# trainer options safetune implements itself because the installed TRL has no such DPOConfig field.
+SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
+    "max_completion_length": "Keep at most this many tokens of each chosen/rejected response (TRL 1.x dropped the "
+    "field). Cuts training and reference-pass compute when only the opening of a response matters; null keeps all.",
+}
+
+
+def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``trainer`` options handled by safetune rather than ``trl.DPOConfig`` (see SAFETUNE_TRAINER_OPTIONS)."""
+    from trl import DPOConfig
+
+    valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    out = {k: trainer_cfg.get(k) for k in SAFETUNE_TRAINER_OPTIONS if k not in valid}
+    n = out.get("max_completion_length")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"trainer.max_completion_length must be a positive integer or null; got {n!r}.")
+    return out
+
+
 class ConfigError(ValueError):
     """A trainer option is unknown or invalid for the installed TRL."""
 
@@ -29,8 +48,9 @@ def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
     """Map the ``trainer`` config group onto ``trl.DPOConfig``, failing clearly on unknown fields."""
     from trl import DPOConfig
 
-    opts = {**SAFETUNE_DEFAULTS, **{k: v for k, v in dict(trainer_cfg).items() if v is not None}}
     valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    own = set(SAFETUNE_TRAINER_OPTIONS) - valid
+    opts = {**SAFETUNE_DEFAULTS, **{k: v for k, v in dict(trainer_cfg).items() if v is not None and k not in own}}
     unknown = sorted(set(opts) - valid)
     if unknown:
         import difflib
@@ -47,12 +67,32 @@ def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
     if isinstance(opts.get("report_to"), str):
         opts["report_to"] = [opts["report_to"]]
     if "bf16" not in opts:
-        opts["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        opts["bf16"] = bf16_supported()
     if not torch.cuda.is_available():
         opts.setdefault("use_cpu", True)
-        opts["bf16"] = False
-        opts["fp16"] = False
+        opts["fp16"] = False  # fp16 autocast on CPU is slow and lossy; bf16 is the CPU's reduced precision
+        if opts["bf16"] and not cpu_bf16_supported():
+            raise ConfigError(
+                "trainer.bf16=true but this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 would be "
+                "emulated and slower than fp32. Set trainer.bf16=null (auto) or false."
+            )
     return DPOConfig(output_dir=output_dir, **opts)
+
+
+def cpu_bf16_supported() -> bool:
+    """True when the CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX), i.e. bf16 autocast is faster."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(c()) for c in checks if c is not None)
+    except Exception:  # noqa: BLE001 - private torch API; fall back to fp32 when it changes
+        return False
+
+
+def bf16_supported() -> bool:
+    """The ``trainer.bf16: null`` default: bf16 on GPUs that support it, and on CPUs with native bf16."""
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16_supported()
 
 
 def expected_initial_loss(loss_type: list[str]) -> float | None:
@@ -116,13 +156,31 @@ def make_trainer_class():
     from trl import DPOTrainer
 
     class SafetuneDPOTrainer(DPOTrainer):
-        def __init__(self, *args: Any, ref_cache: Any = None, sanity: SanityCheck | None = None, **kwargs: Any):
-            # Set before DPOTrainer.__init__, which precomputes reference log-probs.
+        def __init__(
+            self,
+            *args: Any,
+            ref_cache: Any = None,
+            sanity: SanityCheck | None = None,
+            max_completion_length: int | None = None,
+            **kwargs: Any,
+        ):
+            # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
+            self._safetune_max_completion = max_completion_length
             self._safetune_ref_cache = ref_cache
             self._safetune_sanity = sanity
             self._safetune_checked = False
             self.sanity_report: dict[str, float] = {}
             super().__init__(*args, **kwargs)
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            n = self._safetune_max_completion
+            if n is None:
+                return dataset
+            return dataset.map(
+                lambda ex: {"chosen_ids": ex["chosen_ids"][:n], "rejected_ids": ex["rejected_ids"][:n]},
+                desc=f"Keeping the first {n} response tokens of the {dataset_name} dataset",
+            )
 
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
             cache = self._safetune_ref_cache

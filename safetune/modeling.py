@@ -221,7 +221,9 @@ def bnb_4bit_config(compute_dtype: torch.dtype):
 
 def linear_leaf_names(model: Any) -> list[str]:
     """Leaf names of the decoder's linear layers (q_proj, up_proj, ...), excluding the LM head."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    }
     return sorted(names)
 
 
@@ -247,10 +249,14 @@ def lora_config(peft_cfg: Any, model: Any = None):
         d["layers_to_transform"] = list(range(max(num_layers - int(top), 0), num_layers))
         if d.get("target_modules") == "all-linear":
             if model is None or isinstance(model, int):
-                raise ValueError("peft.top_layers with target_modules=all-linear needs the model to list its linear layers.")
+                raise ValueError(
+                    "peft.top_layers with target_modules=all-linear needs the model to list its linear layers."
+                )
             d["target_modules"] = linear_leaf_names(model)
     elif top:
-        raise ValueError(f"peft.top_layers={top} but the model config has no num_hidden_layers; set peft.layers_to_transform.")
+        raise ValueError(
+            f"peft.top_layers={top} but the model config has no num_hidden_layers; set peft.layers_to_transform."
+        )
     target = d.get("target_modules")
     if target is not None and not isinstance(target, str):
         d["target_modules"] = list(target)

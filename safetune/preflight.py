@@ -64,6 +64,10 @@ class PreflightSettings:
     sample: int = field(default=64, metadata={"help": "Rows checked (a seeded random sample); 0 or less = all rows."})
     max_length: int | None = field(default=1024, metadata={"help": "trainer.max_length; None disables truncation."})
     truncation_mode: str = field(default="keep_start", metadata={"help": "trainer.truncation_mode (TRL)."})
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={"help": "trainer.max_completion_length: responses are cut to this on purpose; not counted as lost."},
+    )
     max_truncated_fraction: float = field(
         default=0.05, metadata={"help": "Fail when more than this fraction of sampled rows would lose response tokens."}
     )
@@ -289,6 +293,7 @@ def _truncation(t: TokenizedPair, s: PreflightSettings) -> tuple[int, bool]:
         return max(len(t.chosen_ids), len(t.rejected_ids)), True
     lost = 0
     for comp in (t.chosen_ids, t.rejected_ids):
+        comp = comp[: s.max_completion_length] if s.max_completion_length else comp
         over = p + len(comp) - s.max_length
         if over > 0:
             lost = max(
@@ -490,6 +495,7 @@ def settings_from_cfg(template_cfg: Any, trainer_cfg: Any = None) -> PreflightSe
     s = PreflightSettings(**known)
     s.max_length = tr.get("max_length", s.max_length)
     s.truncation_mode = tr.get("truncation_mode") or s.truncation_mode
+    s.max_completion_length = tr.get("max_completion_length")
     return s
 
 

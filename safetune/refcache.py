@@ -151,6 +151,7 @@ def build_ref_cache(
     template: Any,
     trainer_cfg: dict[str, Any],
     reference: str,
+    precision: str = "fp32",
 ) -> RefLogpCache | None:
     """The cache for this run, or None when disabled (``ref_cache.enabled=false``) or not applicable."""
     cfg = dict(cache_cfg or {})
@@ -164,9 +165,12 @@ def build_ref_cache(
         "data_content_hash": data_content_hash,
         "template": template,
         "max_length": trainer_cfg.get("max_length"),
+        "max_completion_length": trainer_cfg.get("max_completion_length"),
         "truncation_mode": trainer_cfg.get("truncation_mode"),
         "ld_alpha": trainer_cfg.get("ld_alpha"),
         "padding_free": trainer_cfg.get("padding_free"),
+        # The reference pass runs under the trainer's autocast: bf16 and fp32 log-probs differ.
+        "precision": precision,
         "trl": trl.__version__,
         "torch": torch.__version__.split("+")[0],
     }

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetune import CONF_DIR, runs
 from safetune.callbacks import CompleteCheckpointCallback, SafetyEvalCallback, last_complete_checkpoint
 from safetune.data import build_preference_data
-from safetune.dpo import SanityCheck, build_dpo_config, make_trainer_class
+from safetune.dpo import SanityCheck, build_dpo_config, make_trainer_class, safetune_trainer_options
 from safetune.formatting import ChatFormatter
 from safetune.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
 from safetune.preflight import preflight_training_rows
@@ -186,6 +186,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         template=to_container(cfg.template),
         trainer_cfg=trainer_cfg,
         reference=reference if peft_config is None else "adapter-disabled-base",
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
     )
     sanity = SanityCheck.from_cfg(to_container(cfg.get("sanity")))
     if sanity.max_abs_logratio is None:
@@ -200,6 +201,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         peft_config=peft_config,
         ref_cache=ref_cache,
         sanity=sanity,
+        **safetune_trainer_options(trainer_cfg),
     )
     trainer.add_callback(CompleteCheckpointCallback())
     safety_cb = _safety_callback(cfg, trainer, tokenizer, formatter, run_dir)

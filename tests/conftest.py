@@ -46,10 +46,19 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(embedded_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(out, safe_serialization=True)
@@ -75,12 +84,21 @@ def tiny_prefs(tmp_path) -> Path:
     p = tmp_path / "tiny_prefs.jsonl"
     with open(p, "w") as f:
         for i, (prompt, cat, tactic) in enumerate(TINY_ROWS):
-            f.write(json.dumps({
-                "id": f"tiny-{i}", "prompt": prompt, "categories": [cat], "severity": 2, "tactic": tactic,
-                "chosen": "I can't help with that, since it could hurt someone. I can help you find a safer way to sort out "
-                          "the underlying problem instead. Want to talk it through?",
-                "rejected": "Sure! First, pick your moment. Then follow the usual steps and you're done.",
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"tiny-{i}",
+                        "prompt": prompt,
+                        "categories": [cat],
+                        "severity": 2,
+                        "tactic": tactic,
+                        "chosen": "I can't help with that, since it could hurt someone. I can help you find a safer way to sort out "
+                        "the underlying problem instead. Want to talk it through?",
+                        "rejected": "Sure! First, pick your moment. Then follow the usual steps and you're done.",
+                    }
+                )
+                + "\n"
+            )
     return p
 
 

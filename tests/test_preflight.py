@@ -177,6 +177,11 @@ def test_truncation_beyond_max_length(smol_tokenizer):
     only_failure(report, "truncation")
     assert report.truncation["rows_truncated"] == 10 and report.truncation["rows_dropped"] == 0
     assert report.truncation["tokens_lost_max"] == len(pair.chosen_ids) - 5  # chosen is the longer reply
+    # trainer.max_completion_length cuts responses on purpose: within it, nothing counts as lost
+    report = run_preflight(f, data, PreflightSettings(max_length=max_length, max_completion_length=5))
+    assert report.result("truncation").status != FAIL and report.truncation["rows_truncated"] == 0
+    report = run_preflight(f, data, PreflightSettings(max_length=max_length, max_completion_length=6))
+    assert report.truncation["rows_truncated"] == 10 and report.truncation["tokens_lost_max"] == 1
 
     # one long row out of 40 (2.5%) is a warning under the default 5% limit, not a failure
     many = rows(n=40)

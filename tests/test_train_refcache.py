@@ -64,3 +64,19 @@ def test_cache_disabled_computes_every_time(tiny, tmp_path):
     assert "ref_cache/hits" not in m
     assert not (tmp_path / "refcache").exists()
     assert abs(m["sanity/dpo_sigmoid_loss"] - torch.log(torch.tensor(2.0)).item()) < 1e-3
+
+
+def test_max_completion_length_cuts_responses_and_keys_the_cache(tiny, tmp_path):
+    """safetune's trainer.max_completion_length (TRL 1.x has none): responses keep their first N tokens only,
+    and the reference cache keys on N (the reference scores fewer tokens)."""
+    full = _run(tiny, tmp_path, "full")
+    cut = _run(tiny, tmp_path, "cut", "trainer.max_completion_length=3")
+    assert (cut["ref_cache/hits"], cut["ref_cache/misses"]) == (0, 1)  # a new key, not the full-length entry
+    entries = {p.name: load_file(str(p)) for p in (tmp_path / "refcache").glob("*.safetensors")}
+    assert len(entries) == 2
+    # 3 response tokens score a log-prob much closer to 0 than whole responses (each token adds a negative term)
+    sums = sorted(float(sum(v.sum() for v in t.values())) for t in entries.values())
+    assert sums[0] < sums[1] < 0
+    assert full["sanity/max_abs_logratio"] < 1.0 and cut["sanity/max_abs_logratio"] < 1.0
+    with pytest.raises(ValueError, match="max_completion_length must be a positive integer"):
+        _run(tiny, tmp_path, "bad", "trainer.max_completion_length=0")
