@@ -203,6 +203,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         sanity=sanity,
         **safetune_trainer_options(trainer_cfg),
     )
+    _warn_if_strategy_downgraded(str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1])
     trainer.add_callback(CompleteCheckpointCallback())
     safety_cb = _safety_callback(cfg, trainer, tokenizer, formatter, run_dir)
     if safety_cb is not None:
@@ -253,6 +254,9 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 "name": cfg.name,
                 "data_content_hash": bundle.manifest["content_hash"],
                 "world_size": state.num_processes,
+                # how the processes shared the work: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED (accelerate's names)
+                "distributed_type": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1],
+                "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
                 "overrides": hydra_overrides(),
                 "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
             },
@@ -261,6 +265,20 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     state.wait_for_everyone()
     artifacts = {"run_dir": str(run_dir), "adapter_dir": str(adapter_dir)}
     return metrics, artifacts
+
+
+def _warn_if_strategy_downgraded(distributed_type: str) -> str | None:
+    """accelerate silently runs plain multi-process CPU training when an FSDP/DeepSpeed config meets no GPU."""
+    for flag, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(flag, "false").lower() == "true" and distributed_type != wanted:
+            msg = (
+                f"The accelerate config asks for {wanted} but accelerate is running {distributed_type}: {wanted} "
+                "needs GPUs (accelerate falls back to plain data parallel on CPU). Training continues without "
+                "sharding; use conf/accelerate/ddp.yaml on CPU to make this explicit."
+            )
+            log.warning(msg)
+            return msg
+    return None
 
 
 def _safety_callback(cfg: DictConfig, trainer: Any, tokenizer: Any, formatter: Any, run_dir: Path):

@@ -45,6 +45,21 @@ def test_accelerate_two_processes_one_run_dir(tiny_model_dir, tiny_prefs, tmp_pa
     assert len(adapters) == 1
     import json
 
-    assert json.loads((run_dirs[0] / "safetune_run.json").read_text())["world_size"] == 2
+    info = json.loads((run_dirs[0] / "safetune_run.json").read_text())
+    assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     history = json.loads((run_dirs[0] / "log_history.json").read_text())
     assert sum("loss" in h for h in history) == 2
+
+
+def test_fsdp_or_deepspeed_config_without_gpu_is_reported(monkeypatch):
+    from safetune.train import _warn_if_strategy_downgraded
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    msg = _warn_if_strategy_downgraded("MULTI_CPU")
+    assert msg is not None and "asks for FSDP" in msg and "MULTI_CPU" in msg
+    assert _warn_if_strategy_downgraded("FSDP") is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert "asks for DEEPSPEED" in _warn_if_strategy_downgraded("MULTI_CPU")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert _warn_if_strategy_downgraded("NO") is None
