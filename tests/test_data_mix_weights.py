@@ -49,8 +49,9 @@ def test_weight_two_doubles_rows_and_dedup_still_drops_true_duplicates(tmp_path)
 
 
 def test_bundled_exact_file_name_and_prefix_both_resolve():
-    from safetune.data.io import resolve_local
+    from safetune.data.io import bundled_dir, resolve_local
 
     assert [p.name for p in resolve_local("bundled://safety_prefs_benign.jsonl")] == ["safety_prefs_benign.jsonl"]
     names = [p.name for p in resolve_local("bundled://safety_prefs")]
-    assert "safety_prefs_benign.jsonl" in names and len(names) == 3
+    assert "safety_prefs_benign.jsonl" in names and "lookalike_prefs.jsonl" not in names
+    assert names == sorted(p.name for p in bundled_dir().glob("safety_prefs*.jsonl"))

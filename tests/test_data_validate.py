@@ -222,6 +222,51 @@ def test_bundled_set_validates_with_zero_errors():
     assert report.rows == len(bundle.train) > 100
 
 
+def test_bundled_set_coverage_from_the_data():
+    """Issue #7: >= 300 triplets, every harm category, the validator's default tactic mix, >= 25% benign
+    look-alike pairs (helpful chosen, refusing rejected) — computed from the files, not hard-coded."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from safetune import CONF_DIR
+    from safetune.data.validate import is_refusal
+    from safetune.schema import HARM_CATEGORIES
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train").data, resolve=True)  # data=bundled is the default
+    bundle, report = validate_config(cfg)
+    rows = bundle.train
+    assert report.errors == [] and len(rows) >= 300
+    coverage = [str(i) for i in report.warnings if i.rule in ("tactic_coverage", "category_coverage")]
+    assert coverage == []  # tactic mix inside the default targets, every category present
+    harmful = [r for r in rows if r.categories]
+    assert {c for r in harmful for c in r.categories} == set(HARM_CATEGORIES)
+    assert not any(is_refusal(r.rejected) for r in harmful)
+    # chosen refuses, except where declining is implicit (an injected instruction ignored, the real task done)
+    assert sum(is_refusal(r.chosen) for r in harmful) / len(harmful) >= 0.95
+    benign = [r for r in rows if not r.categories]
+    assert not any(is_refusal(r.chosen) for r in benign)  # benign pairs: chosen helps ...
+    assert sum(is_refusal(r.rejected) for r in benign) / len(benign) >= 0.9  # ... rejected refuses (heuristic cues)
+    assert len(benign) / len(rows) >= 0.25
+
+
+def test_lookalike_supplement_is_clean_benign_and_leak_free():
+    """The demo's over-refusal supplement: every pair is a safe prompt with a helpful chosen and a refusing
+    rejected, validated with zero errors and no evaluation-suite prompt."""
+    from safetune.data.validate import is_refusal
+
+    cfg = {
+        "sources": [{"name": "lookalikes", "path": "bundled://lookalike_prefs.jsonl"}],
+        "leakage_suites": ["suite://harmful", "suite://benign", "suite://helpful_reference"],
+        "validation": {"tactic_targets": {}},
+    }
+    bundle, report = validate_config(cfg)
+    assert report.errors == [] and len(bundle.train) >= 100
+    assert all(not r.categories and r.tactic == "edge_case" for r in bundle.train)
+    assert not any(is_refusal(r.chosen) for r in bundle.train)
+    assert sum(is_refusal(r.rejected) for r in bundle.train) / len(bundle.train) >= 0.9
+
+
 def test_enforce_valid_blocks_training_unless_allowed():
     bundle = DataBundle(train=[ex(1, rejected=REFUSAL_OK)])
     with pytest.raises(InvalidDataError, match=r"id=r1: field 'chosen' \[identical_pair\].*(?s:.*)allow_invalid"):
