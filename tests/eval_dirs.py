@@ -57,28 +57,9 @@ _BUILT: dict[str, Path] = {}
 
 
 def tiny_llama(out: Path) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from train_tiny import make_tiny_model
 
-    from safetune.modeling import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return str(out)
+    return str(make_tiny_model(out, hidden=32, tie=False, pad=True))
 
 
 def run_one(model: str, suite: Path, out_dir: Path) -> None:

@@ -41,30 +41,9 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random 2-layer Llama (hidden 32) with the embedded model's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from train_tiny import make_tiny_model
 
-    from safetune.modeling import resolve_model_path
-
-    src = resolve_model_path("embedded:smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(src)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
-    tok.save_pretrained(d)
-    return str(d)
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", hidden=32, tie=False, pad=True))
 
 
 @pytest.fixture(scope="module")

@@ -89,8 +89,12 @@ def write_tiny_data(path: Path, n: int | None = None) -> Path:
     return path
 
 
-def make_tiny_model(target: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A random Llama with the embedded model's tokenizer, saved as safetensors into ``target``."""
+def make_tiny_model(
+    target: Path, hidden: int = 64, layers: int = 2, seed: int = 0, *, tie: bool = True, pad: bool = False
+) -> Path:
+    """A random Llama with the embedded model's tokenizer, saved as safetensors into ``target``.
+
+    ``tie``: tie the input embedding and LM head; ``pad``: set ``pad_token_id`` (a zero padding row)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -109,7 +113,8 @@ def make_tiny_model(target: Path, hidden: int = 64, layers: int = 2, seed: int =
         max_position_embeddings=512,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id if pad else None,
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
