@@ -267,6 +267,26 @@ def test_lookalike_supplement_is_clean_benign_and_leak_free():
     assert sum(is_refusal(r.rejected) for r in bundle.train) / len(bundle.train) >= 0.9
 
 
+def test_subtle_harm_supplement_is_clean_harmful_and_leak_free():
+    """The demo's subtle-harm supplement: every pair is a categorised harmful request with a refusing chosen and a
+    complying rejected (in the tiny model's own "I can help you..." style), zero errors, no evaluation prompt."""
+    from safetune.data.validate import is_refusal
+
+    cfg = {
+        "sources": [{"name": "subtle_harm", "path": "bundled://subtle_harm_prefs.jsonl"}],
+        "leakage_suites": ["suite://harmful", "suite://benign"],
+        "validation": {"tactic_targets": {}},
+    }
+    bundle, report = validate_config(cfg)
+    rows = bundle.train
+    assert report.errors == [] and len(rows) >= 50
+    assert all(r.categories and r.tactic != "edge_case" for r in rows)
+    assert not any(is_refusal(r.rejected) for r in rows)
+    assert sum(is_refusal(r.chosen) for r in rows) / len(rows) >= 0.95
+    model_style = ("I can ", "I'm happy to help", "I'm glad to help", "Happy to help", "I'd be glad")
+    assert sum(r.rejected.startswith(model_style) for r in rows) / len(rows) >= 0.5
+
+
 def test_enforce_valid_blocks_training_unless_allowed():
     bundle = DataBundle(train=[ex(1, rejected=REFUSAL_OK)])
     with pytest.raises(InvalidDataError, match=r"id=r1: field 'chosen' \[identical_pair\].*(?s:.*)allow_invalid"):
