@@ -178,6 +178,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     args = build_dpo_config(trainer_cfg, str(run_dir / "trainer"))
     if eval_ds is None:
         args.eval_strategy = "no"
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     ref_cache = build_ref_cache(
         cfg.get("ref_cache"),
         model_spec={**to_container(cfg.model), "load_in_4bit": spec.load_in_4bit},
@@ -186,7 +187,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         template=to_container(cfg.template),
         trainer_cfg=trainer_cfg,
         reference=reference if peft_config is None else "adapter-disabled-base",
-        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        precision=precision,
     )
     sanity = SanityCheck.from_cfg(to_container(cfg.get("sanity")))
     if sanity.max_abs_logratio is None:
@@ -203,7 +204,8 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         sanity=sanity,
         **safetune_trainer_options(trainer_cfg),
     )
-    _warn_if_strategy_downgraded(str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1])
+    distributed_type = str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1]  # NO, MULTI_CPU, FSDP, ...
+    _warn_if_strategy_downgraded(distributed_type)
     trainer.add_callback(CompleteCheckpointCallback())
     safety_cb = _safety_callback(cfg, trainer, tokenizer, formatter, run_dir)
     if safety_cb is not None:
@@ -255,8 +257,8 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 "data_content_hash": bundle.manifest["content_hash"],
                 "world_size": state.num_processes,
                 # how the processes shared the work: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED (accelerate's names)
-                "distributed_type": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1],
-                "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+                "distributed_type": distributed_type,
+                "mixed_precision": precision,
                 "overrides": hydra_overrides(),
                 "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
             },

@@ -80,3 +80,14 @@ def test_max_completion_length_cuts_responses_and_keys_the_cache(tiny, tmp_path)
     assert full["sanity/max_abs_logratio"] < 1.0 and cut["sanity/max_abs_logratio"] < 1.0
     with pytest.raises(ValueError, match="max_completion_length must be a positive integer"):
         _run(tiny, tmp_path, "bad", "trainer.max_completion_length=0")
+
+
+def test_precision_is_part_of_the_cache_key(tiny, tmp_path):
+    """The reference pass runs under the trainer's autocast, so bf16 and fp32 reference log-probs never mix."""
+    from safetune.dpo import bf16_supported
+
+    default = _run(tiny, tmp_path, "default")  # bf16 where the CPU has it natively, else fp32
+    fp32 = _run(tiny, tmp_path, "fp32", "trainer.bf16=false")
+    expected = (0, 1) if bf16_supported() else (1, 0)
+    assert (fp32["ref_cache/hits"], fp32["ref_cache/misses"]) == expected
+    assert default["ref_cache/misses"] == 1
