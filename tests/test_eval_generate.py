@@ -40,3 +40,48 @@ def test_backend_selection(monkeypatch):
         use_vllm(GenerationSettings(backend="vllm"))
     with pytest.raises(ValueError, match="expected hf, vllm or auto"):
         use_vllm(GenerationSettings(backend="tgi"))
+
+
+def test_precision_keys_the_cache_and_auto_resolves_by_hardware(tmp_path, monkeypatch):
+    import torch
+    from train_tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from safetune import dpo
+    from safetune.eval.generate import resolve_precision
+
+    assert GenerationSettings(precision="bf16").key() != GenerationSettings(precision="model").key()
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m"), dtype=torch.float32)
+    monkeypatch.setattr(dpo, "cpu_bf16_supported", lambda: True)
+    assert resolve_precision("auto", model) == "bf16"
+    assert resolve_precision("model", model) == "model"
+    monkeypatch.setattr(dpo, "cpu_bf16_supported", lambda: False)
+    assert resolve_precision("auto", model) == "model"  # emulated bf16 would be slower than fp32
+    assert resolve_precision("bf16", model) == "bf16"  # asked for explicitly
+    monkeypatch.setattr(dpo, "cpu_bf16_supported", lambda: True)
+    assert resolve_precision("auto", model.to(torch.bfloat16)) == "model"  # already reduced precision
+    with pytest.raises(ValueError, match="generation.precision='fp8'; expected one of auto, model, bf16"):
+        resolve_precision("fp8", model)
+
+
+@pytest.mark.parametrize("precision,autocast", [("bf16", True), ("model", False)])
+def test_generate_texts_runs_under_the_requested_precision(tmp_path, precision, autocast):
+    import torch
+    from train_tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safetune.eval.generate import generate_texts
+
+    path = make_tiny_model(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    seen: list[bool] = []
+    forward = model.forward
+
+    def spy(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(*a, **k)
+
+    model.forward = spy
+    out = generate_texts(model, tok, ["Hello there", "Hi"], max_new_tokens=3, batch_size=2, precision=precision)
+    assert len(out) == 2 and seen and set(seen) == {autocast}

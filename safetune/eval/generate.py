@@ -11,11 +11,12 @@ same rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,14 @@ class GenerationSettings:
     backend: str = field(
         default="hf",
         metadata={"help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm when importable with CUDA)."},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "'model': generate in the weights' dtype; 'bf16': bfloat16 autocast; 'auto': bf16 autocast for "
+            "fp32 weights on a CPU with native bf16 (AVX512-BF16/AMX; ~1.45x faster), else 'model'. Part of the "
+            "cache key (resolved), so answers generated at different precisions are never mixed."
+        },
     )
 
     @classmethod
@@ -113,6 +122,21 @@ class GenerationCache:
             os.fsync(f.fileno())
 
 
+PRECISIONS = ("auto", "model", "bf16")
+
+
+def resolve_precision(precision: str, model: Any) -> str:
+    """``auto`` -> ``bf16`` (autocast) for fp32 weights on a CPU that computes bf16 natively, else ``model``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"generation.precision={precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    from safetune.dpo import cpu_bf16_supported
+
+    param = next(model.parameters())
+    return "bf16" if param.device.type == "cpu" and param.dtype == torch.float32 and cpu_bf16_supported() else "model"
+
+
 def generate_texts(
     model: Any,
     tokenizer: Any,
@@ -124,20 +148,24 @@ def generate_texts(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
+    precision: str = "model",
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     show_progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
     """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
 
+    ``precision``: ``model`` (the weights' dtype), ``bf16`` (bfloat16 autocast) or ``auto`` (see resolve_precision).
     ``on_batch(indices, answers)`` runs after each batch (the cache writes there, so a kill loses one batch at most).
     """
+    precision = resolve_precision(precision, model)
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     answers: list[str] = [""] * len(texts)
     pad_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     model.eval()
     device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(total=len(texts), desc=desc, unit="ans", disable=not show_progress or not texts)
     try:
         for start in range(0, len(order), batch_size):
@@ -154,7 +182,7 @@ def generate_texts(
                 kwargs.update(temperature=temperature, top_p=top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 out = model.generate(**enc, **kwargs)
             batch_answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             batch_answers = [a.strip() for a in batch_answers]
@@ -222,6 +250,8 @@ def generate(
     from accelerate import PartialState
 
     state = PartialState()
+    if model is not None:
+        settings = replace(settings, precision=resolve_precision(settings.precision, model))
     skey = settings.key()
     samples = settings.num_samples if settings.do_sample else 1
     texts: dict[tuple[str, str], str] = {}
@@ -271,6 +301,7 @@ def generate(
             temperature=settings.temperature,
             top_p=settings.top_p,
             seed=settings.seed,
+            precision=settings.precision,
             on_batch=on_batch,
             show_progress=show_progress and state.is_local_main_process,
             desc=f"generate [{checkpoint_id[:24]}]",
