@@ -1,8 +1,10 @@
 """Generation throughput of the eval stage vs a plain one-prompt-at-a-time ``generate`` loop (not a timed test).
 
 Both sides use the embedded SmolLM2-135M-Instruct, the same chat formatter, greedy decoding and the same
-prompts (bundled harmful + benign suites). The eval stage batches length-sorted, left-padded prompts. The ratio
-is measured in one run:
+prompts (bundled harmful + benign suites). The eval stage batches length-sorted, left-padded prompts. It runs
+twice: at the weights' precision (``generation.precision=model``, fp32 here: same arithmetic as the loop, so the
+answers must match) and at the eval stage's default (``generation.precision=auto``: bf16 autocast on CPUs with
+native bf16). Both ratios are measured in one run against the same fp32 loop:
 
     PYTHONPATH=$PWD python benchmarks/bench_eval.py --prompts 64 --max-new-tokens 32 --batch-size 32
 
@@ -78,9 +80,18 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     # every 5th prompt: a spread of both suites and all lengths
     texts = [fmt.render_prompt(p.prompt) for p in prompts[:: max(1, len(prompts) // args.prompts)]][: args.prompts]
 
-    t0 = time.perf_counter()
-    batched = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    t_batched = time.perf_counter() - t0
+    from safetune.eval.generate import resolve_precision
+
+    def eval_stage(precision: str) -> tuple[list[str], float]:
+        t0 = time.perf_counter()
+        out = generate_texts(
+            model, tok, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, precision=precision
+        )
+        return out, time.perf_counter() - t0
+
+    batched, t_batched = eval_stage("model")
+    default_precision = resolve_precision("auto", model)
+    fast, t_fast = eval_stage("auto") if default_precision != "model" else (batched, t_batched)
 
     n_base = args.baseline_prompts or len(texts)
     t0 = time.perf_counter()
@@ -95,6 +106,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     t_plain = time.perf_counter() - t0
 
     same = sum(a == b for a, b in zip(batched, plain))
+    rate_plain = n_base / t_plain
     return {
         "prompts": len(texts),
         "baseline_prompts": n_base,
@@ -105,8 +117,13 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         "eval_stage_answers_per_s": round(len(texts) / t_batched, 3),
         "plain_loop_s": round(t_plain, 2),
         "plain_loop_answers_per_s": round(n_base / t_plain, 3),
-        "speedup": round((len(texts) / t_batched) / (n_base / t_plain), 2),
+        "speedup": round((len(texts) / t_batched) / rate_plain, 2),
         "identical_answers": f"{same}/{n_base}",
+        "default_precision": default_precision,
+        "eval_stage_default_s": round(t_fast, 2),
+        "eval_stage_default_answers_per_s": round(len(texts) / t_fast, 3),
+        "speedup_default": round((len(texts) / t_fast) / rate_plain, 2),
+        "default_vs_fp32_identical_answers": f"{sum(a == b for a, b in zip(fast, batched))}/{len(texts)}",
     }
 
 

@@ -9,13 +9,17 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           (``trainer.gradient_checkpointing=true trainer.precompute_ref_log_probs=false``): safetune's
                           own overhead (data validation, chat-template preflight, run-dir writing excluded from the
                           timed ``train()`` call, so this ratio should be ~1.0).
-* ``safetune_default``  — safetune's defaults: reference log-probs precomputed once (the shared reference cache),
-                          no gradient checkpointing.
+* ``safetune_default``  — safetune's defaults: reference log-probs precomputed once (the shared reference cache,
+                          length-sorted batches), no gradient checkpointing, LM head scored on completion positions
+                          only.
 * ``safetune_top4``     — safetune's defaults with ``peft.top_layers=4``: backward stops below the top 4 layers.
-* ``safetune_padfree``  — safetune's defaults with TRL's ``padding_free=true`` (reported as failed when TRL refuses
-                          it on this machine, e.g. without flash attention).
-* ``trl_plain_bf16``    — the plain TRL script with ``bf16=True`` (CPU autocast). safetune forces fp32 on CPU; this
-                          row shows whether that is the right call.
+* ``safetune_grouped``  — safetune's defaults with ``trainer.train_sampling_strategy=group_by_length`` (batches of
+                          similar length: less padding, a different data order). TRL 1.16's ``padding_free`` is
+                          not a variant: TRL disables it ("temporarily unavailable") and pads anyway.
+* ``trl_plain_bf16``    — the plain TRL script with ``bf16=True`` (CPU autocast).
+* ``safetune_bf16``     — safetune's defaults with bf16 autocast (its default on CPUs with native bf16).
+
+Every variant except the two ``*_bf16`` rows computes in fp32, so they do the same arithmetic.
 
 Timed: the ``DPOTrainer.train()`` call only (the precompute pass of the reference cache is inside it, so it is
 paid for). Tokens: non-padding tokens of prompt+chosen and prompt+rejected of the rows trained on (truncated at
@@ -42,7 +46,15 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["trl_plain", "safetune_default", "safetune_as_trl", "safetune_top4", "safetune_padfree", "trl_plain_bf16"]
+VARIANTS = [
+    "trl_plain",
+    "safetune_default",
+    "safetune_as_trl",
+    "safetune_top4",
+    "safetune_grouped",
+    "trl_plain_bf16",
+    "safetune_bf16",
+]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -60,6 +72,7 @@ def train_overrides(a: argparse.Namespace, model: str, data_file: str, run_dir: 
         f"trainer.max_length={a.max_length}",
         "trainer.report_to=[]",
         "trainer.logging_steps=1",
+        "trainer.bf16=false",  # fp32 like the plain TRL baseline; the safetune_bf16 variant overrides it
         f"run_dir={run_dir}",
     ]
 
@@ -248,7 +261,8 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_default": [],
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
-            "safetune_padfree": ["+trainer.padding_free=true"],
+            "safetune_grouped": ["trainer.train_sampling_strategy=group_by_length"],
+            "safetune_bf16": ["trainer.bf16=null"],
         }[name]
         cfg = compose_train(train_overrides(a, model, data_file, str(work / name)) + extra)
         run_train(cfg)
