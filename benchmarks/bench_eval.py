@@ -78,7 +78,8 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         {"name": "b", "loader": "bundled", "path": "benign"}
     )
     # every 5th prompt: a spread of both suites and all lengths
-    texts = [fmt.render_prompt(p.prompt) for p in prompts[:: max(1, len(prompts) // args.prompts)]][: args.prompts]
+    chosen = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]
+    texts = [fmt.render_prompt(p.prompt) for p in chosen]
 
     from safetune.eval.generate import resolve_precision
 
@@ -106,6 +107,13 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     t_plain = time.perf_counter() - t0
 
     same = sum(a == b for a, b in zip(batched, plain))
+    from safetune.eval.judges.keyword import KeywordJudge
+
+    judge = KeywordJudge()
+    same_verdicts = sum(
+        judge.judge(p.user_text, a).label == judge.judge(p.user_text, b).label
+        for p, a, b in zip(chosen, fast, batched, strict=True)
+    )
     rate_plain = n_base / t_plain
     return {
         "prompts": len(texts),
@@ -124,6 +132,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         "eval_stage_default_answers_per_s": round(len(texts) / t_fast, 3),
         "speedup_default": round((len(texts) / t_fast) / rate_plain, 2),
         "default_vs_fp32_identical_answers": f"{sum(a == b for a, b in zip(fast, batched))}/{len(texts)}",
+        "default_vs_fp32_same_keyword_verdict": f"{same_verdicts}/{len(texts)}",
     }
 
 

@@ -85,3 +85,80 @@ def test_generate_texts_runs_under_the_requested_precision(tmp_path, precision, 
     model.forward = spy
     out = generate_texts(model, tok, ["Hello there", "Hi"], max_new_tokens=3, batch_size=2, precision=precision)
     assert len(out) == 2 and seen and set(seen) == {autocast}
+
+
+def test_vllm_backend_writes_the_same_rows_and_resumes(tmp_path, monkeypatch):
+    """The vLLM adapter (no GPU here: a stand-in ``vllm`` module records what safetune asks of it): one LLM per
+    checkpoint directory, greedy = temperature 0, n samples per prompt, answers cached like the HF path's."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch
+    from accelerate import PartialState
+
+    from safetune.eval.generate import generate
+    from safetune.schema import EvalPrompt
+
+    PartialState()  # created on CPU before CUDA is faked below
+    calls: dict[str, list] = {"llm": [], "generate": []}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class LLM:
+        def __init__(self, model, trust_remote_code, seed):
+            calls["llm"].append({"model": model, "trust_remote_code": trust_remote_code})
+
+        def generate(self, texts, params):
+            calls["generate"].append((list(texts), params.kw))
+            out = types.SimpleNamespace
+            return [out(outputs=[out(text=f" answer {i} to {t} ") for i in range(params.kw["n"])]) for t in texts]
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    class Fmt:
+        def render_prompt(self, messages):
+            return "<user>" + messages[-1]["content"] + "<assistant>"
+
+    prompts = [
+        EvalPrompt(id=f"p{i}", prompt=[{"role": "user", "content": f"question {i}"}], kind="harmful", suite="s")
+        for i in range(3)
+    ]
+    cache = GenerationCache(tmp_path / "generations.jsonl")
+    settings = GenerationSettings(backend="auto", max_new_tokens=7, precision="model")
+    gens, n_new = generate(None, None, Fmt(), prompts, settings, cache, "ck1", vllm_model_dir=lambda: "/ckpt")
+    assert n_new == 3 and calls["llm"] == [{"model": "/ckpt", "trust_remote_code": False}]
+    ((texts, kw),) = calls["generate"]
+    assert texts == [f"<user>question {i}<assistant>" for i in range(3)]
+    assert kw["temperature"] == 0.0 and kw["max_tokens"] == 7 and kw["n"] == 1
+    assert [g.prompt_id for g in gens] == ["p0", "p1", "p2"]
+    assert gens[1].response == "answer 0 to <user>question 1<assistant>"  # stripped, matched to its own prompt
+    assert gens[0].settings_key == GenerationSettings(backend="vllm", max_new_tokens=7, precision="model").key()
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert {r["prompt_id"] for r in rows} == {"p0", "p1", "p2"}
+
+    # Resume: nothing left to generate, vLLM is not started again.
+    again, n_again = generate(
+        None,
+        None,
+        Fmt(),
+        prompts,
+        settings,
+        GenerationCache(tmp_path / "generations.jsonl"),
+        "ck1",
+        vllm_model_dir=lambda: "/ckpt",
+    )
+    assert n_again == 0 and len(calls["llm"]) == 1 and [g.response for g in again] == [g.response for g in gens]
+
+    # Sampling: n samples per prompt in one request.
+    sampled = GenerationSettings(backend="vllm", do_sample=True, num_samples=2, temperature=0.7, precision="model")
+    gens2, _ = generate(None, None, Fmt(), prompts, sampled, cache, "ck1", vllm_model_dir=lambda: "/ckpt")
+    assert calls["generate"][-1][1]["n"] == 2 and calls["generate"][-1][1]["temperature"] == 0.7
+    assert [(g.prompt_id, g.sample) for g in gens2][:2] == [("p0", 0), ("p0", 1)]
+    assert gens2[1].response == "answer 1 to <user>question 0<assistant>"

@@ -62,6 +62,7 @@ class GenerationSettings:
         d.pop("batch_size")
         if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
             d["backend"] = "vllm"
+            d.pop("precision")  # vLLM runs the checkpoint's own dtype
         if not self.do_sample:
             for k in ("temperature", "top_p", "num_samples", "seed"):
                 d.pop(k)
@@ -250,7 +251,10 @@ def generate(
     from accelerate import PartialState
 
     state = PartialState()
-    if model is not None:
+    # Key on what actually runs: backend=auto resolves to vllm or hf, precision=auto to bf16 or model.
+    with_vllm = use_vllm(settings)
+    settings = replace(settings, backend="vllm" if with_vllm else "hf")
+    if model is not None and not with_vllm:
         settings = replace(settings, precision=resolve_precision(settings.precision, model))
     skey = settings.key()
     samples = settings.num_samples if settings.do_sample else 1
@@ -280,7 +284,7 @@ def generate(
             "response": answer,
         }
 
-    if todo and use_vllm(settings):
+    if todo and with_vllm:
         if vllm_model_dir is None:
             raise RuntimeError("the vLLM backend needs a checkpoint directory; use generation.backend=hf here.")
         uniq = list(dict.fromkeys(t for _, _, t, _ in todo))
