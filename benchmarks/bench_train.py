@@ -261,7 +261,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_default": [],
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
-            "safetune_grouped": ["trainer.train_sampling_strategy=group_by_length"],
+            "safetune_grouped": ["+trainer.train_sampling_strategy=group_by_length"],
             "safetune_bf16": ["trainer.bf16=null"],
         }[name]
         cfg = compose_train(train_overrides(a, model, data_file, str(work / name)) + extra)
