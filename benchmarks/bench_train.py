@@ -23,8 +23,9 @@ Every variant except the two ``*_bf16`` rows computes in fp32, so they do the sa
 
 Timed: the ``DPOTrainer.train()`` call only (the precompute pass of the reference cache is inside it, so it is
 paid for). Tokens: non-padding tokens of prompt+chosen and prompt+rejected of the rows trained on (truncated at
-``max_length``), the same count for every variant. MFU: model FLOPs per token (see ``flops_per_token``) x tokens/s
-against a ``torch.matmul`` fp32 GFLOP/s measured in the same run.
+``max_length``), the same count for every variant. MFU: useful model FLOPs (see ``flops_per_token``; the LM head
+counts at completion positions only) x tokens/s against a ``torch.matmul`` GFLOP/s of the row's precision (fp32,
+or bf16 for the ``*_bf16`` rows) measured in the same run.
 
     PYTHONPATH=$PWD python benchmarks/bench_train.py                    # SmolLM2-135M, 4 steps x batch 4
     PYTHONPATH=$PWD python benchmarks/bench_train.py --model tiny       # tiny random Llama: a 1-minute smoke
@@ -129,9 +130,9 @@ def make_tiny_model(out: Path) -> str:
 # ---------------------------------------------------------------- FLOPs
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
-    """Sustained fp32 ``torch.matmul`` throughput (2 n^3 FLOPs per product) with the current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """Sustained ``torch.matmul`` throughput (2 n^3 FLOPs per product) in ``dtype`` with the current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         torch.matmul(a, b)
     reps, t0 = 0, time.perf_counter()
@@ -141,17 +142,32 @@ def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def peak_gflops() -> dict[str, float]:
+    """fp32 and (where the CPU has native bf16) bf16 matmul rates: each row's MFU uses its own precision's peak."""
+    from safetune.dpo import cpu_bf16_supported
+
+    out = {"fp32": matmul_gflops()}
+    if cpu_bf16_supported():
+        out["bf16"] = matmul_gflops(dtype=torch.bfloat16)
+    return out
+
+
 def flops_per_token(model: Any, adapted_layers: list[int] | None, reference_forward: bool = True) -> dict[str, float]:
-    """Model FLOPs per trained token (matmuls only; attention scores and gradient-checkpoint recompute excluded).
+    """Useful model FLOPs (matmuls only; attention scores and gradient-checkpoint recompute excluded).
 
     With N = parameters in matmuls (every ``nn.Linear`` incl. ``lm_head``; embedding look-ups are free):
       policy forward 2N; reference forward 2N (no grad; paid once either way: per step, or once when precomputed);
       backward = activation gradients 2 N_act + weight gradients 2 N_train, where N_act is the matmul parameters
       from the lowest adapted layer up (all of N for full or all-layer LoRA; far less with ``peft.top_layers``),
       and N_train the trainable LoRA parameters. Full fine-tuning would be 2N + 4N (+2N reference).
+    The LM head's share (forward, activation gradient, reference: 6 N_head) is useful only at completion positions,
+    which are the only ones DPO scores, so it is counted per completion token (``head_flops_per_completion_token``)
+    and everything else per token (``body_flops_per_token``).
     """
     lin = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     n_all = sum(lin.values())
+    head = model.get_output_embeddings()
+    n_head = head.weight.numel() if isinstance(head, torch.nn.Linear) else 0
     lowest = min(adapted_layers) if adapted_layers else 0
 
     def layer_of(name: str) -> int | None:
@@ -167,21 +183,32 @@ def flops_per_token(model: Any, adapted_layers: list[int] | None, reference_forw
         li = layer_of(n)
         if isinstance(m, torch.nn.Linear) and li is not None and li >= lowest:
             n_lora += r * (m.in_features + m.out_features)
-    f = 2 * n_all + 2 * n_act + 2 * n_lora + (2 * n_all if reference_forward else 0)
-    return {"matmul_params": n_all, "backward_params": n_act, "lora_params": n_lora, "flops_per_token": f}
+    ref = 2 if reference_forward else 0
+    body = 2 * (n_all - n_head) + 2 * (n_act - n_head) + 2 * n_lora + ref * (n_all - n_head)
+    return {
+        "matmul_params": n_all,
+        "lm_head_params": n_head,
+        "backward_params": n_act,
+        "lora_params": n_lora,
+        "body_flops_per_token": body,
+        "head_flops_per_completion_token": (4 + ref) * n_head,
+    }
 
 
 # ---------------------------------------------------------------- one variant (runs in a subprocess)
 
 
-def count_tokens(tok: Any, rows: list[dict[str, Any]], max_length: int) -> int:
-    total = 0
+def count_tokens(tok: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[int, int]:
+    """(non-padding tokens, completion tokens) of prompt+chosen and prompt+rejected, truncated at ``max_length``."""
+    total = completion = 0
     for r in rows:
         p = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
         for side in ("chosen", "rejected"):
             c = tok(r[side][0]["content"] + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
-            total += min(len(p) + len(c), max_length)
-    return total
+            n = min(len(p) + len(c), max_length)
+            total += n
+            completion += max(0, n - len(p))
+    return total, completion
 
 
 def _timed_train(trainer_cls: Any, box: dict[str, Any]) -> None:
@@ -274,6 +301,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     n_layers = mdl_cfg.config.num_hidden_layers
     adapted = list(range(n_layers - int(top), n_layers)) if top else None
     fl = flops_per_token(mdl_cfg, adapted)
+    tokens, completion_tokens = count_tokens(tok, used, a.max_length)
     return {
         "variant": name,
         "gradient_checkpointing": gc,
@@ -283,7 +311,12 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
         "steps": box["steps"],
         "step_s": box["step_s"],
         "final_loss": box["loss"],
-        "tokens": count_tokens(tok, used, a.max_length),
+        "tokens": tokens,
+        "completion_tokens": completion_tokens,
+        "flops_per_token": (
+            tokens * fl["body_flops_per_token"] + completion_tokens * fl["head_flops_per_completion_token"]
+        )
+        / tokens,
         "peak_rss_mb": peak_rss_mb,
         **fl,
     }
@@ -318,7 +351,7 @@ def main() -> None:
     data_file = str(work / "rows.jsonl")
     write_rows(a.steps * a.batch_size, Path(data_file))
     load0 = os.getloadavg()
-    gflops_before = matmul_gflops()
+    gflops_before = peak_gflops()
     results = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     for v in a.variants.split(","):
@@ -356,8 +389,8 @@ def main() -> None:
             Path(a.json + ".partial").write_text(
                 json.dumps({"matmul_gflops_before": gflops_before, "results": results})
             )
-    gflops_after = matmul_gflops()
-    gflops = (gflops_before + gflops_after) / 2
+    gflops_after = peak_gflops()
+    gflops = {k: (gflops_before[k] + gflops_after[k]) / 2 for k in gflops_before}
     load1 = os.getloadavg()
 
     base = next((r for r in results if r["variant"] == BASELINE and "error" not in r), None)
@@ -369,15 +402,19 @@ def main() -> None:
         later = sorted(r["step_s"][1:]) or r["step_s"]  # steady state: steps after the first
         r["steady_s_per_step"] = later[len(later) // 2]
         r["steady_tokens_per_s"] = r["tokens"] / max(r["steps"], 1) / r["steady_s_per_step"]
-        r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (gflops * 1e9)
+        r["precision"] = "bf16" if r["variant"].endswith("bf16") else "fp32"
+        r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (gflops.get(r["precision"], gflops["fp32"]) * 1e9)
         if base:
             r["speedup_vs_trl"] = r["tokens_per_s"] / (base["tokens"] / base["train_s"])
             r["rss_vs_trl"] = r["peak_rss_mb"] / base["peak_rss_mb"]
 
     print(
         f"\nmodel={a.model} steps={a.steps} batch={a.batch_size} max_length={a.max_length} "
-        f"threads={torch.get_num_threads()} matmul fp32={gflops:.1f} GFLOP/s "
-        f"(before {gflops_before:.1f}, after {gflops_after:.1f}) load avg {load0[0]:.2f} -> {load1[0]:.2f}"
+        f"threads={torch.get_num_threads()} matmul GFLOP/s "
+        + ", ".join(
+            f"{k}={v:.1f} (before {gflops_before[k]:.1f}, after {gflops_after[k]:.1f})" for k, v in gflops.items()
+        )
+        + f" load avg {load0[0]:.2f} -> {load1[0]:.2f}"
     )
     head = f"{'variant':<18} {'gc':>3} {'pre':>4} {'top':>4} {'s/step':>7} {'tok/s':>7} {'steady':>7} {'x TRL':>6} {'RSS MB':>7} {'x RSS':>6} {'GF/tok':>7} {'MFU':>6} {'loss':>7}"
     print(head)
