@@ -21,8 +21,9 @@ one after another in one invocation, on the same rows, model, batch size, max le
 
 Every variant except the two ``*_bf16`` rows computes in fp32, so they do the same arithmetic.
 
-Timed: the ``DPOTrainer.train()`` call only (the precompute pass of the reference cache is inside it, so it is
-paid for). Tokens: non-padding tokens of prompt+chosen and prompt+rejected of the rows trained on (truncated at
+Timed: from ``DPOTrainer.__init__`` (where TRL 1.x tokenises and runs the reference pre-pass) to the end of
+``train()``, with an empty reference cache per variant, so precomputed reference log-probs are paid for.
+Tokens: non-padding tokens of prompt+chosen and prompt+rejected of the rows trained on (truncated at
 ``max_length``), the same count for every variant. MFU: useful model FLOPs (see ``flops_per_token``; the LM head
 counts at completion positions only) x tokens/s against a ``torch.matmul`` GFLOP/s of the row's precision (fp32,
 or bf16 for the ``*_bf16`` rows) measured in the same run.
@@ -74,6 +75,7 @@ def train_overrides(a: argparse.Namespace, model: str, data_file: str, run_dir: 
         "trainer.report_to=[]",
         "trainer.logging_steps=1",
         "trainer.bf16=false",  # fp32 like the plain TRL baseline; the safetune_bf16 variant overrides it
+        f"ref_cache.dir={run_dir}/ref_cache",  # empty: every variant pays for its reference pass
         f"run_dir={run_dir}",
     ]
 
@@ -215,7 +217,13 @@ def _timed_train(trainer_cls: Any, box: dict[str, Any]) -> None:
     from transformers import TrainerCallback
 
     real = trainer_cls.train
+    real_init = trainer_cls.__init__
     step_s: list[float] = []
+
+    def init(self, *a, **kw):
+        # The clock starts here: TRL 1.x tokenises and runs the reference pre-pass inside __init__.
+        box.setdefault("t_init", time.perf_counter())
+        real_init(self, *a, **kw)
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -226,15 +234,15 @@ def _timed_train(trainer_cls: Any, box: dict[str, Any]) -> None:
 
     def train(self, *a, **kw):
         self.add_callback(StepTimer())
-        t0 = time.perf_counter()
         out = real(self, *a, **kw)
-        box["train_s"] = time.perf_counter() - t0
+        box["train_s"] = time.perf_counter() - box["t_init"]
         box["steps"] = self.state.global_step
         box["step_s"] = step_s
         box["loss"] = next((h["loss"] for h in reversed(self.state.log_history) if "loss" in h), None)
         return out
 
     trainer_cls.train = train
+    trainer_cls.__init__ = init
 
 
 def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, work: Path) -> dict[str, Any]:
