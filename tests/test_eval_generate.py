@@ -162,3 +162,16 @@ def test_vllm_backend_writes_the_same_rows_and_resumes(tmp_path, monkeypatch):
     assert calls["generate"][-1][1]["n"] == 2 and calls["generate"][-1][1]["temperature"] == 0.7
     assert [(g.prompt_id, g.sample) for g in gens2][:2] == [("p0", 0), ("p0", 1)]
     assert gens2[1].response == "answer 1 to <user>question 0<assistant>"
+
+
+def test_vllm_refuses_an_unmerged_4bit_adapter_with_a_clear_error(tmp_path):
+    import types
+
+    from safetune.eval.evaluate import _vllm_dir
+
+    ck = types.SimpleNamespace(
+        model=types.SimpleNamespace(peft_config={"default": {}}, name_or_path=""), checkpoint_id="adapter:runs/q4"
+    )
+    with pytest.raises(RuntimeError, match="LoRA adapter on a 4-bit base.*safetune-export"):
+        _vllm_dir(ck, tmp_path)()
+    assert not (tmp_path / "merged_model").exists()

@@ -63,6 +63,12 @@ def _vllm_dir(ck: Any, out_dir: Path):
         if not ck.checkpoint_id.startswith("adapter:") and (src / "config.json").is_file():
             return str(src)
         merged = out_dir / "merged_model"
+        if hasattr(ck.model, "peft_config"):  # adapters on a 4-bit base are not merged (see load_checkpoint)
+            raise RuntimeError(
+                f"generation.backend=vllm needs a merged model, but {ck.checkpoint_id} is a LoRA adapter on a 4-bit "
+                "base, which is not merged. Export a merged model (safetune-export run_dir=...) and evaluate that "
+                "directory, or use generation.backend=hf."
+            )
         if not (merged / "config.json").is_file():
             ck.model.save_pretrained(merged, safe_serialization=True)
             ck.tokenizer.save_pretrained(merged)
