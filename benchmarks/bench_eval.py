@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from safetune.core.formatting import ChatFormatter
+from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
 from safetune.eval.generate import generate_texts
 from safetune.eval.suites import load_suite
-from safetune.formatting import ChatFormatter
-from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
 
 
 def judge_throughput(names: list[str], n_pairs: int) -> dict[str, Any]:
@@ -74,8 +74,8 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     tok = load_tokenizer(spec, path)
     model = load_model(spec, path).eval()
     fmt = ChatFormatter(tok)
-    prompts = load_suite({"name": "h", "loader": "bundled", "path": "harmful"}) + load_suite(
-        {"name": "b", "loader": "bundled", "path": "benign"}
+    prompts = load_suite({"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"}) + load_suite(
+        {"name": "b", "_target_": "safetune.eval.suites.bundled.load", "path": "benign"}
     )
     # every 5th prompt: a spread of both suites and all lengths
     chosen = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]

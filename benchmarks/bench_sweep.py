@@ -30,7 +30,7 @@ def run_job(args: argparse.Namespace, beta: float, run_dir: Path, cache: Path | 
         "safetune.train",
         f"model.name_or_path={args.model}",
         f"run_dir={run_dir}",
-        f"data.sources=[{{name: bundled, loader: triplets, path: 'bundled://safety_prefs', max_rows: {args.rows}}}]",
+        f"data.sources=[{{name: bundled, _target_: safetune.data.sources.triplets.load, path: 'bundled://safety_prefs', max_rows: {args.rows}}}]",
         f"trainer.beta={beta}",
         f"trainer.max_steps={args.max_steps}",
         f"trainer.max_length={args.max_length}",

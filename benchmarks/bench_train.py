@@ -67,7 +67,7 @@ LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 def train_overrides(a: argparse.Namespace, model: str, data_file: str, run_dir: str) -> list[str]:
     return [
         f"model.name_or_path={model}",
-        f"data.sources=[{{name: bench, loader: triplets, path: {data_file}}}]",
+        f"data.sources=[{{name: bench, _target_: safetune.data.sources.triplets.load, path: {data_file}}}]",
         "data.leakage_suites=[]",
         f"trainer.max_steps={a.steps}",
         f"trainer.per_device_train_batch_size={a.batch_size}",
@@ -107,7 +107,7 @@ def make_tiny_model(out: Path) -> str:
     """A random 4-layer Llama with the embedded tokenizer (for a quick smoke of the benchmark itself)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from safetune.modeling import resolve_model_path
+    from safetune.core.modeling import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2-135m-instruct"))
     cfg = LlamaConfig(
@@ -146,7 +146,7 @@ def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torc
 
 def peak_gflops() -> dict[str, float]:
     """fp32 and (where the CPU has native bf16) bf16 matmul rates: each row's MFU uses its own precision's peak."""
-    from safetune.dpo import cpu_bf16_supported
+    from safetune.core.precision import cpu_bf16_supported
 
     out = {"fp32": matmul_gflops()}
     if cpu_bf16_supported():
@@ -250,9 +250,9 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     from datasets import Dataset
     from peft import LoraConfig
 
+    from safetune.core.formatting import ChatFormatter
+    from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
     from safetune.data import build_preference_data
-    from safetune.formatting import ChatFormatter
-    from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
 
     box: dict[str, Any] = {}
     _timed_train(trl.DPOTrainer, box)
@@ -289,7 +289,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
         trainer.train()
         gc, pre, top = True, False, None
     else:
-        from safetune.train import run_train
+        from safetune.train.recipe import run_train
 
         extra = {
             "safetune_as_trl": ["trainer.gradient_checkpointing=true", "trainer.precompute_ref_log_probs=false"],

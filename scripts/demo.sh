@@ -10,4 +10,4 @@ bash scripts/install.sh
 if [ -z "${SAFETUNE_XSTEST:-}" ] && [ -f ../shared/data/xstest/xstest_prompts.csv ]; then
   export SAFETUNE_XSTEST="$(cd ../shared/data/xstest && pwd)/xstest_prompts.csv"
 fi
-exec python3 -m safetune.demo "$@"
+exec python3 -m safetune.cli.demo "$@"

@@ -33,7 +33,7 @@ def shared_file(rel: str) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The de-quantised SmolLM2-135M-Instruct (cached in ~/.cache/safetune after the first run)."""
-    from safetune.modeling import ModelSpec, resolve_model_path
+    from safetune.core.modeling import ModelSpec, resolve_model_path
 
     return Path(resolve_model_path(ModelSpec()))
 

@@ -29,7 +29,7 @@ from safetune import CONF_DIR
 
 def bundled_rows() -> list:
     """6 harmful rows in distinct categories and 6 benign rows, from the bundled preference data."""
-    from safetune.data.triplets import load
+    from safetune.data.sources.triplets import load
 
     rows = list(load("bundled://safety_prefs"))
     harmful, seen = [], set()
@@ -64,7 +64,7 @@ def tiny_llama(out: Path) -> str:
 
 def run_one(model: str, suite: Path, out_dir: Path) -> None:
     """The eval stage proper (generation, cache, judge, reports) on ``model``."""
-    from safetune.eval.evaluate import run_eval
+    from safetune.eval.pipeline import run_eval
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
@@ -79,23 +79,23 @@ def run_one(model: str, suite: Path, out_dir: Path) -> None:
             ],
         )
     with open_dict(cfg):
-        cfg.eval.suite = {"suites": [{"name": "mine", "loader": "jsonl", "path": str(suite)}]}
+        cfg.eval.suite = {"suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": str(suite)}]}
     run_eval(cfg)
 
 
 def write_answers(out_dir: Path, suite: Path, answers: dict[str, str], label: str) -> None:
     """A checkpoint whose answers are given: judged, summarised and reported exactly as ``run_eval`` does."""
-    from safetune.eval.evaluate import verdict_record
+    from safetune.core.schema import EvalRecord
     from safetune.eval.judges.keyword import KeywordJudge
     from safetune.eval.metrics import summarise
     from safetune.eval.report import write_reports
     from safetune.eval.suites import load_suite
 
-    prompts = load_suite({"name": "mine", "loader": "jsonl", "path": str(suite)})
+    prompts = load_suite({"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": str(suite)})
     verdicts = KeywordJudge().judge_many([(p.user_text, answers[p.id]) for p in prompts])
-    records = [verdict_record(p, answers[p.id], v) for p, v in zip(prompts, verdicts)]
+    records = [EvalRecord.from_prompt(p, answers[p.id], v) for p, v in zip(prompts, verdicts)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "verdicts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out_dir / "verdicts.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
     write_reports(out_dir, summarise(records), {"label": label, "checkpoint": label, "judge": "keyword"})
 
 

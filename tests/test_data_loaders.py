@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from safetune.data import hh_rlhf, pku_saferlhf, triplets
-from safetune.schema import SchemaError
+from safetune.core.schema import SchemaError
+from safetune.data.sources import hh_rlhf, pku_saferlhf, triplets
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PKU_FILE = SHARED / "pku-saferlhf" / "alpaca-7b-test-sample.jsonl"
@@ -24,7 +24,7 @@ def need(path: Path) -> Path:
 
 
 def cats(*names: str) -> dict[str, bool]:
-    from safetune.schema import HARM_CATEGORIES
+    from safetune.core.schema import HARM_CATEGORIES
 
     return {c: c in names for c in HARM_CATEGORIES}
 

@@ -29,8 +29,8 @@ def test_weight_two_doubles_rows_and_dedup_still_drops_true_duplicates(tmp_path)
     _write(b, ["How do I sharpen a knife?", "How do I fold a fitted sheet?"])  # one dup of source a
     cfg = {
         "sources": [
-            {"name": "a", "loader": "triplets", "path": str(a)},
-            {"name": "b", "loader": "triplets", "path": str(b), "weight": 2.0},
+            {"name": "a", "_target_": "safetune.data.sources.triplets.load", "path": str(a)},
+            {"name": "b", "_target_": "safetune.data.sources.triplets.load", "path": str(b), "weight": 2.0},
         ],
         "seed": 1,
         "dedup": True,

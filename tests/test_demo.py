@@ -1,34 +1,43 @@
-"""The demo wiring: overrides reach the right stage, and the demo composes train/eval/compare configs."""
+"""The demo wiring: overrides reach the stages that accept them (found from the configs, no key lists)."""
 
 from __future__ import annotations
 
-from safetune.demo import _split_overrides
+import pytest
+
+from safetune.cli.demo import route_overrides
+from safetune.core.config import ConfigError
 
 
-def test_overrides_are_routed_by_top_level_key():
-    train, ev = _split_overrides(
+def test_overrides_are_routed_to_the_stages_whose_configs_accept_them():
+    routed = route_overrides(
         [
             "trainer.beta=0.2",
             "data=pku_saferlhf",
-            "+peft.top_layers=4",
+            "+trainer.train_sampling_strategy=group_by_length",
             "eval/suite=bundled",
             "limit_per_group=2",
             "generation.max_new_tokens=8",
             "model.dtype=float32",
             "template=chatml",
-        ]
+        ],
+        {"train": ["experiment=demo"], "eval": ["experiment=demo"]},
     )
-    assert train == [
+    assert routed["train"] == [
         "trainer.beta=0.2",
         "data=pku_saferlhf",
-        "+peft.top_layers=4",
+        "+trainer.train_sampling_strategy=group_by_length",
         "model.dtype=float32",
         "template=chatml",
     ]
-    assert ev == [
+    assert routed["eval"] == [
         "eval/suite=bundled",
         "limit_per_group=2",
         "generation.max_new_tokens=8",
         "model.dtype=float32",
         "template=chatml",
     ]
+
+
+def test_an_override_no_stage_accepts_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"'trainer\.betaa=0\.2' fits neither"):
+        route_overrides(["trainer.betaa=0.2"])

@@ -9,14 +9,14 @@ import pytest
 
 @pytest.mark.slow
 def test_shortened_demo_improves_refusal_on_bundled_suite(tmp_path, embedded_model_dir):
-    from safetune.demo import run_demo
+    from safetune.cli.demo import run_demo
 
     overrides = [
         "eval/suite=bundled",  # the bundled harmful + benign suites (XSTest is covered elsewhere)
         # one short run over 72 harmful + 24 benign pairs (the demo adds many more benign look-alikes; a run this
         # short must stay mostly harmful to move refusals at all)
-        "data.sources=[{name: harmful, loader: triplets, path: 'bundled://safety_prefs_harmful_*.jsonl', max_rows: 72},"
-        " {name: benign, loader: triplets, path: 'bundled://safety_prefs_benign.jsonl', max_rows: 24}]",
+        "data.sources=[{name: harmful, _target_: safetune.data.sources.triplets.load, path: 'bundled://safety_prefs_harmful_*.jsonl', max_rows: 72},"
+        " {name: benign, _target_: safetune.data.sources.triplets.load, path: 'bundled://safety_prefs_benign.jsonl', max_rows: 24}]",
         "trainer.max_steps=24",
         "trainer.learning_rate=2e-3",
         "trainer.report_to=[]",

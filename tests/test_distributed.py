@@ -31,7 +31,7 @@ def test_accelerate_two_processes_one_run_dir(tiny_model_dir, tiny_prefs, tmp_pa
         "-m",
         "safetune.train",
         f"model.name_or_path={tiny_model_dir}",
-        f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
+        f"data.sources=[{{name: tiny, _target_: safetune.data.sources.triplets.load, path: {tiny_prefs}}}]",
         "trainer.max_steps=2",
         "trainer.per_device_train_batch_size=2",
         "trainer.report_to=[]",
@@ -52,7 +52,7 @@ def test_accelerate_two_processes_one_run_dir(tiny_model_dir, tiny_prefs, tmp_pa
 
 
 def test_fsdp_or_deepspeed_config_without_gpu_is_reported(monkeypatch):
-    from safetune.train import _warn_if_strategy_downgraded
+    from safetune.train.recipe import _warn_if_strategy_downgraded
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     msg = _warn_if_strategy_downgraded("MULTI_CPU")

@@ -12,8 +12,8 @@ from tests.conftest import compose
 @pytest.mark.slow
 def test_train_eval_compare_on_embedded_model(tmp_path, embedded_model_dir, capsys):
     from safetune.eval.compare import run_compare
-    from safetune.eval.evaluate import run_eval
-    from safetune.train import run_train
+    from safetune.eval.pipeline import run_eval
+    from safetune.train.recipe import run_train
 
     run_dir = tmp_path / "run"
     tcfg = compose(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_eval_pipeline import make_cfg, suite_file, tiny_model  # noqa: F401  (fixtures)
 
-from safetune.eval.evaluate import run_eval
+from safetune.eval.pipeline import run_eval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_accelerate_two_processes_match_single_process(tiny_model, suite_file, t
         "--dynamo_backend",
         "no",
         "-m",
-        "safetune.eval.evaluate",
+        "safetune.eval",
         f"model.name_or_path={tiny_model}",
         "checkpoint=base",
         f"out_dir={out}",

@@ -47,7 +47,7 @@ def test_precision_keys_the_cache_and_auto_resolves_by_hardware(tmp_path, monkey
     from train_tiny import make_tiny_model
     from transformers import AutoModelForCausalLM
 
-    from safetune import dpo
+    from safetune.core import precision as dpo
     from safetune.eval.generate import resolve_precision
 
     assert GenerationSettings(precision="bf16").key() != GenerationSettings(precision="model").key()
@@ -97,8 +97,8 @@ def test_vllm_backend_writes_the_same_rows_and_resumes(tmp_path, monkeypatch):
     import torch
     from accelerate import PartialState
 
+    from safetune.core.schema import EvalPrompt
     from safetune.eval.generate import generate
-    from safetune.schema import EvalPrompt
 
     PartialState()  # created on CPU before CUDA is faked below
     calls: dict[str, list] = {"llm": [], "generate": []}
@@ -167,7 +167,7 @@ def test_vllm_backend_writes_the_same_rows_and_resumes(tmp_path, monkeypatch):
 def test_vllm_refuses_an_unmerged_4bit_adapter_with_a_clear_error(tmp_path):
     import types
 
-    from safetune.eval.evaluate import _vllm_dir
+    from safetune.eval.checkpoints import vllm_model_dir as _vllm_dir
 
     ck = types.SimpleNamespace(
         model=types.SimpleNamespace(peft_config={"default": {}}, name_or_path=""), checkpoint_id="adapter:runs/q4"

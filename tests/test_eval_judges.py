@@ -96,8 +96,8 @@ def test_embedding_judge_trains_caches_and_generalises(tmp_path):
 
 
 def test_labelled_file_errors_name_line(tmp_path):
+    from safetune.core.schema import SchemaError
     from safetune.eval.judges.embedding import load_labelled
-    from safetune.schema import SchemaError
 
     f = tmp_path / "lab.jsonl"
     f.write_text(

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from safetune.eval.judge_check import agreement
-from safetune.eval.metrics import mcnemar_exact, summarise, wilson
+from safetune.eval.metrics import summarise
+from safetune.eval.stats import mcnemar_exact, wilson
 
 
 def test_wilson_hand_computed():

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from safetune import CONF_DIR
-from safetune.eval.evaluate import run_eval, subcommand_to_overrides
+from safetune.cli.eval import subcommand_to_overrides
+from safetune.eval.pipeline import run_eval
 
 PROMPTS = [
     {"id": f"h{i}", "prompt": t, "category": c, "tactic": "direct", "severity": 1 + i % 3}
@@ -67,7 +68,7 @@ def make_cfg(model: str, suite: str, out_dir: Path, batch_size: int = 3, extra: 
             ],
         )
     with open_dict(cfg):
-        cfg.eval.suite = {"suites": [{"name": "mine", "loader": "jsonl", "path": suite}]}
+        cfg.eval.suite = {"suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": suite}]}
     return cfg
 
 
@@ -155,9 +156,11 @@ def test_batch_size_does_not_change_greedy_answers(tiny_model, suite_file, tmp_p
 
 
 def test_compare_renders_deltas_mcnemar_and_flips(tmp_path):
-    from safetune.eval.compare import compare, markdown
-    from safetune.eval.metrics import mcnemar_exact, summarise
+    from safetune.eval.compare import compare
+    from safetune.eval.metrics import summarise
+    from safetune.eval.render.markdown import compare_markdown as markdown
     from safetune.eval.report import write_reports
+    from safetune.eval.stats import mcnemar_exact
 
     def write(d, labels):
         recs = [

@@ -12,8 +12,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from safetune import CONF_DIR
-from safetune.eval import evaluate as E
-from safetune.eval.compare import compare, markdown, run_compare
+from safetune.eval import pipeline as E
+from safetune.eval import retention as R
+from safetune.eval.compare import compare, run_compare
+from safetune.eval.render.markdown import compare_markdown as markdown
 from safetune.eval.rubric import score_refusal
 
 PROMPTS = [
@@ -80,7 +82,7 @@ def make_cfg(model: str, suite: str, out_dir: Path, extra: list[str] | None = No
             ],
         )
     with open_dict(cfg):
-        cfg.eval.suite = {"suites": [{"name": "mine", "loader": "jsonl", "path": suite}]}
+        cfg.eval.suite = {"suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": suite}]}
     return cfg
 
 
@@ -151,8 +153,8 @@ def test_results_hold_rubric_answers_and_retention_consistent_with_verdicts(eval
 
 def test_retention_is_reused_on_resume_and_can_be_disabled(tiny_model_dir, suite_file, tmp_path, monkeypatch):
     calls = []
-    real = E.run_retention
-    monkeypatch.setattr(E, "run_retention", lambda ck, cfg: calls.append(1) or real(ck, cfg))
+    real = R.run_retention
+    monkeypatch.setattr(R, "run_retention", lambda ck, cfg: calls.append(1) or real(ck, cfg))
     out = tmp_path / "e"
     E.run_eval(make_cfg(str(tiny_model_dir), suite_file, out))
     first = json.loads((out / "retention.json").read_text())
@@ -227,15 +229,17 @@ def test_compare_two_checkpoints_gives_safety_gain_and_helpfulness_cost(evals, t
 def test_llm_rubric_scorer_is_wired_from_config(tiny_model_dir, suite_file, tmp_path):
     """eval/rubric=llm scores the refusals with a chat model (here the tiny random one, whose unparseable
     output falls back to the rules and says so)."""
-    extra = ["eval/rubric=llm", f"eval.rubric.judge.model={tiny_model_dir}", "eval.rubric.judge.max_new_tokens=4"]
+    extra = ["eval/rubric=llm", f"eval.rubric.model={tiny_model_dir}", "eval.rubric.max_new_tokens=4"]
     _, _, res, verdicts = eval_with_answers(str(tiny_model_dir), suite_file, tmp_path / "llm", BASE, extra)
     assert res["meta"]["rubric_scorer"] == f"llm:{tiny_model_dir}"
     scored = [v for v in verdicts if "rubric" in v]
     assert len(scored) == res["summary"]["rubric"]["overall"]["n"] == 2
     assert all(v["rubric"]["scorer"].startswith(f"llm:{tiny_model_dir}") for v in scored)
     assert res["summary"]["rubric"]["scorer"].startswith(f"llm:{tiny_model_dir}")
-    with pytest.raises(ValueError, match="expected 'rules' or 'llm'"):
-        E.build_rubric_judge({"scorer": "magic"})
+    from safetune.core.config import ConfigError, check_targets
+
+    with pytest.raises(ConfigError, match="eval.rubric._target_.*Valid targets.*RulesRubric.*LLMRubricJudge"):
+        check_targets({"eval": {"rubric": {"_target_": "safetune.eval.rubric.Magic"}}}, CONF_DIR)
 
 
 def test_hh_rlhf_preference_accuracy_delta_in_compare(tiny_model_dir, perturbed_model_dir, suite_file, tmp_path):

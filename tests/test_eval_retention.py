@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
+from safetune.core.formatting import ChatFormatter
+from safetune.eval import metrics as M
 from safetune.eval import retention as R
 from safetune.eval.checkpoints import LoadedCheckpoint
-from safetune.formatting import ChatFormatter
 from tests.conftest import shared_file
 
 HH_HELPFUL = "hh-rlhf/helpful-base/test.jsonl.gz"
@@ -21,7 +22,7 @@ HH_HELPFUL = "hh-rlhf/helpful-base/test.jsonl.gz"
 def tiny():
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from safetune.modeling import ModelSpec, resolve_model_path
+    from safetune.core.modeling import ModelSpec, resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(ModelSpec()))
     cfg = LlamaConfig(
@@ -105,7 +106,7 @@ def test_retention_report_accuracy_and_errors():
 
 
 def test_preference_accuracy_flips_when_chosen_and_rejected_swap(tiny):
-    from safetune.schema import PreferenceExample
+    from safetune.core.schema import PreferenceExample
 
     model, tok, fmt = tiny
     exs = [
@@ -134,15 +135,15 @@ def test_answer_stats_on_benign_records():
         {"kind": "benign", "group": "safe_contexts", "label": "compliance", "response": "yes"},
         {"kind": "harmful", "group": "Drugs", "label": "compliance", "response": "ignored harmful row"},
     ]
-    out = R.answer_stats(recs, short_words=5)
+    out = M.answer_stats(recs, short_words=5)
     assert out["n"] == 3 and out["answer_rate"]["k"] == 2 and out["answer_rate"]["rate"] == pytest.approx(2 / 3)
     assert out["mean_words"] == pytest.approx((6 + 1) / 2) and out["short_answer_rate"] == 0.5
     assert out["per_group"]["homonyms"]["answer_rate"]["rate"] == 0.5
     assert out["per_group"]["safe_contexts"]["mean_words"] == 1
-    none = R.answer_stats([recs[1]])
+    none = M.answer_stats([recs[1]])
     assert none["answer_rate"]["k"] == 0 and math.isnan(none["mean_words"])
     with pytest.raises(ValueError, match="needs 'label' and 'response'"):
-        R.answer_stats([{"kind": "benign", "label": "compliance"}])
+        M.answer_stats([{"kind": "benign", "label": "compliance"}])
 
 
 def test_run_and_compare_retention_on_real_hh_helpful_base(tiny, perturbed):
@@ -151,8 +152,13 @@ def test_run_and_compare_retention_on_real_hh_helpful_base(tiny, perturbed):
     cfg = {
         "batch_size": 8,
         "max_length": 512,
-        "helpful_reference": {"enabled": True, "max_rows": 8},
-        "hh_rlhf": {"enabled": True, "path": str(path), "max_rows": 16},
+        "helpful_reference": {"_target_": "safetune.eval.retention.HelpfulReference", "enabled": True, "max_rows": 8},
+        "hh_rlhf": {
+            "_target_": "safetune.eval.retention.HHHelpfulPairs",
+            "enabled": True,
+            "path": str(path),
+            "max_rows": 16,
+        },
     }
     base = R.run_retention(LoadedCheckpoint(model, tok, fmt, "model:tiny", "base"), cfg)
     other = R.run_retention(LoadedCheckpoint(perturbed, tok, fmt, "model:tiny-perturbed", "perturbed"), cfg)

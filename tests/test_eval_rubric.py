@@ -11,16 +11,14 @@ from safetune.eval.rubric import (
     ANTI_PATTERNS,
     COMPONENTS,
     FIELDS,
-    LLMRubricJudge,
-    RubricParseError,
     RubricScore,
     load_labelled,
-    parse_rubric_output,
     rule_accuracy,
     score_records,
     score_refusal,
     summarise_rubric,
 )
+from safetune.eval.rubric_llm import LLMRubricJudge, RubricParseError, parse_rubric_output
 
 # Hand-written (not from the bundled set): for each field, responses where it is present and absent.
 FIXTURES: dict[str, tuple[list[str], list[str]]] = {
@@ -228,7 +226,7 @@ def test_llm_rubric_prompt_and_parsing_with_fake_generate():
             "excessive_apology: no\nrobotic: no\nvague_boundary: yes\nover_explaining: no",
         ]
 
-    judge = LLMRubricJudge(generate=fake_generate)
+    judge = LLMRubricJudge(generate_fn=fake_generate)
     scores = judge.score_many([("how do I pick a lock", "I can't help with that."), ("q2", "Hmm, not my area.")])
     assert len(seen) == 2 and seen[0][0]["role"] == "system" and seen[0][1]["role"] == "user"
     user = seen[0][1]["content"]
@@ -241,10 +239,10 @@ def test_llm_rubric_prompt_and_parsing_with_fake_generate():
 
 
 def test_llm_rubric_unparseable_output_falls_back_or_raises():
-    judge = LLMRubricJudge(generate=lambda convs: ["I think it is fine."] * len(convs))
+    judge = LLMRubricJudge(generate_fn=lambda convs: ["I think it is fine."] * len(convs))
     s = judge.score("q", "I won't do that. Want something else?")
     assert s.scorer.endswith("+rules-fallback") and s.boundary  # the rules scored it
-    strict = LLMRubricJudge(generate=lambda convs: ['{"boundary": true}'] * len(convs), fallback_to_rules=False)
+    strict = LLMRubricJudge(generate_fn=lambda convs: ['{"boundary": true}'] * len(convs), fallback_to_rules=False)
     with pytest.raises(RubricParseError, match="acknowledges"):
         strict.score("q", "r")
     with pytest.raises(ValueError, match="needs `model`"):

@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from safetune import CONF_DIR
+from safetune.core.schema import HARM_CATEGORIES, SchemaError
 from safetune.eval.suites import limit_per_group, load_suite, report_group
-from safetune.schema import HARM_CATEGORIES, SchemaError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -24,7 +24,7 @@ def shared(rel: str) -> str:
 
 
 def test_xstest_safe_are_benign_by_type_and_unsafe_are_harmful():
-    ps = load_suite({"name": "xstest", "loader": "xstest", "path": shared("xstest/xstest_prompts.csv")})
+    ps = load_suite({"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")})
     kinds = Counter(p.kind for p in ps)
     assert kinds == {"benign": 250, "harmful": 200}
     benign_types = Counter(p.type for p in ps if p.kind == "benign")
@@ -42,7 +42,7 @@ def test_xstest_safe_are_benign_by_type_and_unsafe_are_harmful():
 
 
 def test_advbench_rows_are_harmful_behaviours():
-    ps = load_suite({"name": "advbench", "loader": "advbench", "path": shared("advbench/harmful_behaviors.csv")})
+    ps = load_suite({"name": "advbench", "_target_": "safetune.eval.suites.advbench.load", "path": shared("advbench/harmful_behaviors.csv")})
     assert len(ps) == 520 and all(p.kind == "harmful" for p in ps)
     assert ps[0].user_text.startswith("Write a script that can exploit vulnerabilities")
     assert ps[0].metadata["target"].startswith("Sure, here is a script")
@@ -50,7 +50,7 @@ def test_advbench_rows_are_harmful_behaviours():
 
 def test_harmbench_context_first_and_copyright_apart():
     ps = load_suite(
-        {"name": "harmbench", "loader": "harmbench", "path": shared("harmbench/harmbench_behaviors_text_all.csv")}
+        {"name": "harmbench", "_target_": "safetune.eval.suites.harmbench.load", "path": shared("harmbench/harmbench_behaviors_text_all.csv")}
     )
     suites = Counter(p.suite for p in ps)
     assert suites == {"harmbench": 300, "harmbench_copyright": 100}
@@ -65,7 +65,7 @@ def test_harmbench_context_first_and_copyright_apart():
     dropped = load_suite(
         {
             "name": "hb",
-            "loader": "harmbench",
+            "_target_": "safetune.eval.suites.harmbench.load",
             "copyright": "drop",
             "path": shared("harmbench/harmbench_behaviors_text_all.csv"),
         }
@@ -77,7 +77,7 @@ def test_jbb_harmful_and_benign_map_categories():
     h = load_suite(
         {
             "name": "jbb_harmful",
-            "loader": "jbb",
+            "_target_": "safetune.eval.suites.jbb.load",
             "kind": "harmful",
             "path": shared("jailbreakbench/jbb-behaviors/harmful-behaviors.csv"),
         }
@@ -85,7 +85,7 @@ def test_jbb_harmful_and_benign_map_categories():
     b = load_suite(
         {
             "name": "jbb_benign",
-            "loader": "jbb",
+            "_target_": "safetune.eval.suites.jbb.load",
             "kind": "benign",
             "path": shared("jailbreakbench/jbb-behaviors/benign-behaviors.csv"),
         }
@@ -101,14 +101,14 @@ def test_jbb_artifacts_skip_missing_prompts():
     vic = load_suite(
         {
             "name": "pair",
-            "loader": "jbb_artifacts",
+            "_target_": "safetune.eval.suites.jbb.load_artifacts",
             "path": shared("jailbreakbench/artifacts-PAIR-black_box/vicuna-13b-v1.5.json"),
         }
     )
     llama = load_suite(
         {
             "name": "pair",
-            "loader": "jbb_artifacts",
+            "_target_": "safetune.eval.suites.jbb.load_artifacts",
             "path": shared("jailbreakbench/artifacts-PAIR-black_box/llama-2-7b-chat-hf.json"),
         }
     )
@@ -121,7 +121,7 @@ def test_jbb_artifacts_skip_missing_prompts():
 
 
 def test_pku_categories_union_and_benign():
-    ps = load_suite({"name": "pku", "loader": "pku", "path": shared("pku-saferlhf/alpaca-7b-test-sample.jsonl")})
+    ps = load_suite({"name": "pku", "_target_": "safetune.eval.suites.pku.load", "path": shared("pku-saferlhf/alpaca-7b-test-sample.jsonl")})
     assert len(ps) == 10
     first = ps[0]
     assert first.kind == "harmful" and first.severity == 3
@@ -134,8 +134,8 @@ def test_pku_categories_union_and_benign():
 
 
 def test_bundled_harmful_covers_taxonomy_and_benign_types():
-    h = load_suite({"name": "bh", "loader": "bundled", "path": "harmful"})
-    b = load_suite({"name": "bb", "loader": "bundled", "path": "benign"})
+    h = load_suite({"name": "bh", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"})
+    b = load_suite({"name": "bb", "_target_": "safetune.eval.suites.bundled.load", "path": "benign"})
     per = Counter(p.category for p in h)
     assert set(per) == set(HARM_CATEGORIES) and min(per.values()) >= 10
     assert {"direct", "prompt_injection", "social_engineering", "gradual_escalation"} <= {p.tactic for p in h}
@@ -151,11 +151,11 @@ def test_custom_jsonl_bad_category_names_line(tmp_path):
         + "\n"
     )
     with pytest.raises(SchemaError, match=r"mine.jsonl:2.*Not A Category"):
-        load_suite({"name": "c", "loader": "jsonl", "path": str(f)})
+        load_suite({"name": "c", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": str(f)})
 
 
 def test_limit_per_group_uses_report_groups():
-    ps = load_suite({"name": "xstest", "loader": "xstest", "path": shared("xstest/xstest_prompts.csv")})
+    ps = load_suite({"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")})
     sub = limit_per_group(ps, 2)
     assert Counter(report_group(p) for p in sub)["contrast_homonyms"] == 2
     assert len(sub) == 2 * 18

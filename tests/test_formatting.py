@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from safetune.formatting import ChatFormatter, TemplateError, available_templates, resolve_template
-from safetune.schema import PreferenceExample
+from safetune.core.formatting import ChatFormatter, TemplateError, available_templates, resolve_template
+from safetune.core.schema import PreferenceExample
 
 CONF_TEMPLATE = Path(__file__).resolve().parents[1] / "conf" / "template"
 
@@ -24,7 +24,7 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def smol_tokenizer():
     """The embedded SmolLM2-135M-Instruct tokenizer (ChatML with a default system prompt); tokenizer only."""
-    from safetune.modeling import ModelSpec, load_tokenizer, resolve_model_path
+    from safetune.core.modeling import ModelSpec, load_tokenizer, resolve_model_path
 
     return load_tokenizer(ModelSpec(), resolve_model_path(ModelSpec()))
 
@@ -146,7 +146,9 @@ def test_bad_template_names_fail_clearly(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(CONF_TEMPLATE.glob("*.yaml")), ids=lambda p: p.stem)
 def test_template_configs_build_a_formatter(path, smol_tokenizer):
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    from tests.conftest import compose
+
+    cfg = OmegaConf.to_container(compose("train", [f"template={path.stem}"]).template, resolve=True)
     assert cfg["name"] == path.stem
     assert cfg["preflight"]["force"] is False
     f = ChatFormatter.from_cfg(copy.deepcopy(smol_tokenizer), cfg)
@@ -204,7 +206,7 @@ def test_tokenize_like_trl_matches_trl_dpo_preprocessing(template, system, smol_
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from safetune.data import triplets
+    from safetune.data.sources import triplets
 
     f = ChatFormatter(copy.deepcopy(smol_tokenizer), template, system)
     examples = [MULTI_TURN_ROW, *triplets.load("bundled://safety_prefs")[:5]]

@@ -92,7 +92,7 @@ def test_explore_preferences_shows_validator_findings_for_a_bad_file(monkeypatch
         monkeypatch,
         {
             "SAFETUNE_NB_DATA": "bundled",
-            "SAFETUNE_NB_OVERRIDES": f"data.sources=[{{name: t, loader: triplets, path: {bad}}}];data.leakage_suites=[]",
+            "SAFETUNE_NB_OVERRIDES": f"data.sources=[{{name: t, _target_: safetune.data.sources.triplets.load, path: {bad}}}];data.leakage_suites=[]",
         },
     )
     assert_no_errors(nb)

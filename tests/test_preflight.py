@@ -7,20 +7,19 @@ import json
 
 import pytest
 
-from safetune.formatting import ChatFormatter
-from safetune.preflight import (
+from safetune.cli.data import run_preflight_cli
+from safetune.core.formatting import ChatFormatter, default_system_prompts
+from safetune.core.schema import PreferenceExample
+from safetune.train.preflight import (
     FAIL,
     PASS,
     WARN,
     PreflightError,
     PreflightSettings,
-    default_system_prompts,
     preflight_training_rows,
     run_preflight,
-    run_preflight_cli,
     token_boundaries,
 )
-from safetune.schema import PreferenceExample
 
 CHATML_MSG = "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
 GEN = "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -30,14 +29,14 @@ DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Huggin
 @pytest.fixture(scope="module")
 def smol_tokenizer():
     """The embedded SmolLM2-135M-Instruct tokenizer (ChatML with a default system prompt); tokenizer only."""
-    from safetune.modeling import ModelSpec, load_tokenizer, resolve_model_path
+    from safetune.core.modeling import ModelSpec, load_tokenizer, resolve_model_path
 
     return load_tokenizer(ModelSpec(), resolve_model_path(ModelSpec()))
 
 
 @pytest.fixture(scope="module")
 def bundled_rows():
-    from safetune.data import triplets
+    from safetune.data.sources import triplets
 
     return triplets.load("bundled://safety_prefs")
 
@@ -211,12 +210,12 @@ def test_training_hook_respects_force_and_enabled(smol_tokenizer):
     f = with_template(smol_tokenizer, src)
     trainer = {"max_length": 256}
     with pytest.raises(PreflightError, match="rule 'end-of-turn'"):
-        preflight_training_rows(f, rows(), {"preflight": {"sample": 4}}, trainer, show=False)
-    report = preflight_training_rows(f, rows(), {"preflight": {"sample": 4, "force": True}}, trainer, show=False)
+        preflight_training_rows(f, rows(), {"preflight": {"sample": 4}}, trainer)
+    report = preflight_training_rows(f, rows(), {"preflight": {"sample": 4, "force": True}}, trainer)
     assert report is not None and not report.passed and report.n_sampled == 4
-    assert preflight_training_rows(f, rows(), {"preflight": {"enabled": False}}, trainer, show=False) is None
+    assert preflight_training_rows(f, rows(), {"preflight": {"enabled": False}}, trainer) is None
     with pytest.raises(ValueError, match="unknown key"):
-        preflight_training_rows(f, rows(), {"preflight": {"smaple": 4}}, trainer, show=False)
+        preflight_training_rows(f, rows(), {"preflight": {"smaple": 4}}, trainer)
 
 
 def test_token_boundaries_show_every_token(smol_tokenizer):
@@ -276,8 +275,8 @@ def test_cli_on_data_config(capsys):
 
 def test_training_stops_before_loading_the_model(tmp_path, monkeypatch):
     """safetune-train runs the preflight on the training rows and fails with its message before any model loads."""
-    from safetune import train
-    from safetune.preflight import _compose
+    from safetune.cli.data import _compose
+    from safetune.train import recipe as train
 
     def no_model(*a, **k):
         raise AssertionError("the model must not load when the preflight fails")

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 from train_tiny import compose_train, make_tiny_model, train_overrides, write_tiny_data
 
-from safetune.export import ExportError, export_run, push_to_hub
-from safetune.modeling import ModelSpec, load_model, load_tokenizer
-from safetune.train import run_train
+from safetune.core.modeling import ModelSpec, load_model, load_tokenizer
+from safetune.train.export import ExportError, export_run, push_to_hub
+from safetune.train.recipe import run_train
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from train_tiny import make_tiny_model
 
-from safetune.dpo import build_dpo_config, completion_positions_only, make_trainer_class, pair_lengths
+from safetune.train.dpo_config import build_dpo_config
+from safetune.train.trl_ext import completion_positions_only, make_trainer_class, pair_lengths
 
 ROWS = [
     ("Hi?", "Hello.", "No."),
@@ -94,7 +95,7 @@ def test_completion_only_scoring_gives_identical_log_probs_and_gradients(tiny_mo
     assert not trl_utils._use_triton(torch.device("cpu"))  # TRL scores every position on CPU
     full_logps, full_grad = run()
     with completion_positions_only() as applied:
-        assert applied, "TRL's fused-LM-head internals moved: update safetune.dpo.completion_positions_only"
+        assert applied, "TRL's fused-LM-head internals moved: update safetune.train.trl_ext.completion_positions_only"
         assert trl_utils._use_triton(torch.device("cpu"))
         compact_logps, compact_grad = run()
     assert not trl_utils._use_triton(torch.device("cpu"))  # restored

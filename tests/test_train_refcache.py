@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from train_tiny import compose_train, make_tiny_model, train_overrides, write_tiny_data
 
-from safetune.dpo import SanityCheckError
-from safetune.train import run_train
+from safetune.train.dpo_config import SanityCheckError
+from safetune.train.recipe import run_train
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_max_completion_length_cuts_responses_and_keys_the_cache(tiny, tmp_path)
 
 def test_precision_is_part_of_the_cache_key(tiny, tmp_path):
     """The reference pass runs under the trainer's autocast, so bf16 and fp32 reference log-probs never mix."""
-    from safetune.dpo import bf16_supported
+    from safetune.core.precision import bf16_supported
 
     default = _run(tiny, tmp_path, "default")  # bf16 where the CPU has it natively, else fp32
     fp32 = _run(tiny, tmp_path, "fp32", "trainer.bf16=false")

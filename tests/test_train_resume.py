@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from train_tiny import make_tiny_model, tiny_env, train_overrides, write_tiny_data
 
-from safetune.callbacks import COMPLETE_MARKER, last_complete_checkpoint
+from safetune.train.callbacks import COMPLETE_MARKER, last_complete_checkpoint
 
 MAX_STEPS = 8
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from train_tiny import compose_train, make_tiny_model, train_overrides, write_tiny_data
 
-from safetune.dpo import SanityCheck, SanityCheckError
-from safetune.train import run_train
+from safetune.train.dpo_config import SanityCheck, SanityCheckError
+from safetune.train.recipe import run_train
 
 
 def test_sanity_check_accepts_step0_and_names_the_problem_otherwise():
@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
 def test_reference_that_is_not_the_starting_policy_stops_the_run(tiny, tmp_path):
     model_dir, data = tiny
     other = make_tiny_model(tmp_path / "other", seed=1)  # a different model as "reference"
-    from safetune import train as train_mod
+    from safetune.train import recipe as train_mod
 
     real_load = train_mod.load_model
     calls = []
@@ -86,7 +86,7 @@ def test_safety_callback_logs_refusal_and_over_refusal_during_training(tiny, tmp
     assert len(logged) == 2  # reached the tracker's log history
     from safetune.eval.suites import load_suite
 
-    cats = {p.group for p in load_suite({"name": "h", "loader": "bundled", "path": "harmful"})}
+    cats = {p.group for p in load_suite({"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"})}
     for h in history:
         per_cat = {k.split("/", 2)[2] for k in h if k.startswith("safety/refusal/")}
         assert per_cat == cats

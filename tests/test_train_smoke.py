@@ -13,7 +13,7 @@ from tests.conftest import compose
 def test_dpo_lora_trains_adapter_and_leaves_base_untouched(tiny_model_dir, tiny_prefs, tmp_path, monkeypatch):
     import trl
 
-    from safetune.train import run_train
+    from safetune.train.recipe import run_train
 
     captured = {}
 
@@ -32,7 +32,7 @@ def test_dpo_lora_trains_adapter_and_leaves_base_untouched(tiny_model_dir, tiny_
         "train",
         [
             f"model.name_or_path={tiny_model_dir}",
-            f"data.sources=[{{name: tiny, loader: triplets, path: {tiny_prefs}}}]",
+            f"data.sources=[{{name: tiny, _target_: safetune.data.sources.triplets.load, path: {tiny_prefs}}}]",
             "trainer.max_steps=3",
             "trainer.learning_rate=1e-2",
             "trainer.per_device_train_batch_size=4",
@@ -68,7 +68,7 @@ def test_dpo_lora_trains_adapter_and_leaves_base_untouched(tiny_model_dir, tiny_
 
 
 def test_saved_config_redacts_secrets(tiny_model_dir, tiny_prefs, tmp_path):
-    from safetune.runs import redact
+    from safetune.core.runs import redact
 
     cfg = {"model": {"name_or_path": "x", "hub_token": "hf_abc"}, "report": {"wandb_api_key": "k"}, "ok": {"beta": 0.1}}
     out = redact(cfg)

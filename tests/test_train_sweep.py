@@ -12,7 +12,7 @@ import yaml
 from train_tiny import make_tiny_model, tiny_env, train_overrides, write_tiny_data
 
 from safetune import CONF_DIR
-from safetune.sweep import SweepError, handle_multirun_job, job_command
+from safetune.train.sweep import SweepError, handle_multirun_job, job_command
 
 ACCEL = Path(CONF_DIR) / "accelerate"
 
@@ -129,4 +129,4 @@ def test_sweep_experiment_composes_a_beta_by_loss_grid():
     assert params["trainer.beta"].split(",") == ["0.05", "0.1", "0.3"]
     assert params["trainer.loss_type"].split(",") == ["sigmoid", "ipo"]
     assert cfg.sweep.eval is True and cfg.trainer.max_length == 192  # demo's values underneath
-    assert cfg.hydra.callbacks.safetune_sweep._target_ == "safetune.sweep.SweepCallback"
+    assert cfg.hydra.callbacks.safetune_sweep._target_ == "safetune.train.sweep.SweepCallback"

@@ -98,7 +98,7 @@ def make_tiny_model(
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from safetune.modeling import ModelSpec, resolve_model_path
+    from safetune.core.modeling import ModelSpec, resolve_model_path
 
     if (target / "config.json").is_file():
         return target
@@ -127,7 +127,7 @@ def train_overrides(model_dir: Path, data: Path, run_dir: Path, *extra: str) -> 
     return [
         f"model.name_or_path={model_dir}",
         "model.dtype=float32",
-        f"data.sources=[{{name: tiny, loader: triplets, path: {data}}}]",
+        f"data.sources=[{{name: tiny, _target_: safetune.data.sources.triplets.load, path: {data}}}]",
         "trainer.per_device_train_batch_size=2",
         "trainer.max_length=64",
         "trainer.report_to=[]",

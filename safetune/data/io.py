@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safetune.schema import SchemaError
+from safetune.core.schema import SchemaError
 
 BUNDLED_PREFIX = "bundled://"
 SUITE_PREFIX = "suite://"

@@ -2,7 +2,7 @@
 
 Deterministic given ``data.seed``. Config keys (``conf/data/*.yaml``)::
 
-    sources:            list of {name, loader, path, weight, max_rows, <loader options>}
+    sources:            list of {name, _target_, path, weight, max_rows, <loader options>}
     seed:               mixing/splitting seed
     dedup:              drop exact and normalised-text duplicates (keep the first)
     eval_fraction:      held-out fraction, split by prompt group (no prompt in both splits)
@@ -27,23 +27,24 @@ from __future__ import annotations
 import logging
 import random
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from importlib import import_module
 from typing import Any
 
+from safetune.core.config import instantiate, to_plain
+from safetune.core.schema import PreferenceExample, SchemaError, content_hash
 from safetune.data.io import Loaded, iter_rows
-from safetune.schema import PreferenceExample, SchemaError, content_hash
 
 log = logging.getLogger(__name__)
 
-# loader name -> module with a ``load(path, **options) -> list[PreferenceExample]``
-LOADERS = {
-    "triplets": "safetune.data.triplets",
-    "pku_saferlhf": "safetune.data.pku_saferlhf",
-    "hh_rlhf": "safetune.data.hh_rlhf",
+# The ``loader:`` names of earlier configs -> their ``_target_`` (deprecated; still accepted with a warning).
+LEGACY_LOADERS = {
+    "triplets": "safetune.data.sources.triplets.load",
+    "pku_saferlhf": "safetune.data.sources.pku_saferlhf.load",
+    "hh_rlhf": "safetune.data.sources.hh_rlhf.load",
 }
-MIX_KEYS = ("name", "weight", "max_rows", "loader", "path")
+MIX_KEYS = ("name", "weight", "max_rows")
 
 
 class DataLeakageError(ValueError):
@@ -66,27 +67,35 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
 
 
-def to_plain(cfg: Any) -> Any:
-    """OmegaConf containers -> plain dict/list (resolved); other values unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return cfg
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+def source_target(src: dict[str, Any]) -> str:
+    """A source's ``_target_`` (a legacy ``loader:`` name is mapped, with a deprecation warning)."""
+    if src.get("_target_"):
+        return str(src["_target_"])
+    loader = src.get("loader", "triplets")
+    if loader not in LEGACY_LOADERS:
+        raise ValueError(
+            f"data source {src.get('name') or loader!r}: no _target_ and unknown loader={loader!r}; expected a "
+            f"_target_ such as {LEGACY_LOADERS['triplets']} (legacy loader names: {sorted(LEGACY_LOADERS)})."
+        )
+    warnings.warn(
+        f"data source {src.get('name') or loader!r}: 'loader: {loader}' is deprecated; write "
+        f"'_target_: {LEGACY_LOADERS[loader]}' instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    log.warning("data source %r: 'loader: %s' is deprecated; use _target_: %s", src.get("name"), loader, LEGACY_LOADERS[loader])
+    return LEGACY_LOADERS[loader]
 
 
 def load_source(src: dict[str, Any], *, on_error: str = "raise") -> Loaded:
+    """Instantiate one source node (its ``_target_`` is a ``load(path, ..., on_error)`` function) and load it."""
     src = dict(to_plain(src))
-    loader = src.get("loader", "triplets")
-    if loader not in LOADERS:
-        raise ValueError(f"data source loader={loader!r}; expected one of {sorted(LOADERS)}.")
+    target = source_target(src)
     if not src.get("path"):
-        raise ValueError(f"data source {src.get('name') or loader!r} has no 'path'.")
-    module = import_module(LOADERS[loader])
-    options = {k: v for k, v in src.items() if k not in MIX_KEYS and v is not None}
-    rows = module.load(src["path"], on_error=on_error, **options)
+        raise ValueError(f"data source {src.get('name') or target!r} has no 'path'.")
+    options = {k: v for k, v in src.items() if k not in (*MIX_KEYS, "loader", "_target_") and v is not None}
+    load = instantiate({"_target_": target, **options}, _partial_=True)
+    rows = load(on_error=on_error)
     return rows if isinstance(rows, Loaded) else Loaded(rows)
 
 
@@ -241,7 +250,7 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
         per_source.append(
             {
                 "name": name,
-                "loader": src.get("loader", "triplets"),
+                "loader": source_target(src).rsplit(".", 2)[-2],
                 "path": src.get("path"),
                 "loaded": loaded,
                 "used": len(rows),

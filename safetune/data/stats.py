@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from safetune.schema import PreferenceExample
+from safetune.core.schema import PreferenceExample
 
 PERCENTILES = (5, 25, 50, 75, 95, 100)
 

@@ -13,9 +13,10 @@ what should be rejected), ``lecturing_refusal`` and ``refusal_without_alternativ
 harmful rows), ``benign_chosen_refusal``, ``too_short``, ``duplicate``, ``skipped_rows``,
 ``length_bias``, ``tactic_coverage``, ``category_coverage``.
 
-The refusal/lecture/alternative detectors are small regexes kept here on purpose: the data layer
-never imports the evaluator's judges. Thresholds come from ``data.validation`` (see
-:data:`DEFAULTS`).
+The refusal, lecturing and alternative detectors are the refusal lexicon's (:mod:`safetune.core.lexicon`): the
+declining cues (:data:`~safetune.core.lexicon.DECLINE_RE`) and the rubric's moralising and alternative cues, each
+named for what it detects, in one module with the judge's rules.
+Thresholds come from ``data.validation`` (see :data:`DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from safetune.data.mix import DataBundle, build_preference_data, normalise_text, pair_key, to_plain
-from safetune.schema import HARM_CATEGORIES, ROLES, TACTICS, PreferenceExample
+from safetune.core import lexicon
+from safetune.core.config import to_plain
+from safetune.core.schema import HARM_CATEGORIES, ROLES, TACTICS, PreferenceExample
+from safetune.data.mix import DataBundle, build_preference_data, normalise_text, pair_key
 
 log = logging.getLogger(__name__)
 
@@ -46,70 +49,23 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-_NOT_A_REFUSAL = (
-    r"(?!(?:wait|believe|stress|lie|sugarcoat|judge|bore|forget|hold\s+back|disappoint|pretend|promise|guarantee)\b)"
-)
-_REFUSAL = re.compile(
-    "|".join(
-        (
-            r"\bi\s+(?:can(?:no|')?t|cannot|won'?t|will\s+not|wouldn'?t)\s+" + _NOT_A_REFUSAL + r"\w+",
-            r"\bi'?m\s+(?:not\s+(?:able|comfortable|willing)|unable|uncomfortable|declining|going\s+to\s+(?:have\s+to\s+)?decline)",
-            r"\bi'?m\s+not\s+going\s+to\s+" + _NOT_A_REFUSAL,
-            r"\bi\s+am\s+(?:not\s+(?:able|going|comfortable|willing)|unable)",
-            r"\bi'?d\s+(?:rather\s+not|prefer\s+not|hold\s+off|give\s+[^.]{0,60}\s+a\s+miss)",
-            r"\bi'?ll\s+(?:pass|skip|sit\s+[^.]{0,20}out|stay\s+out|refrain|have\s+to\s+(?:pass|decline))",
-            r"\b(?:hard\s+no|off\s+the\s+table|off\s+limits|is\s+a\s+no\b|a\s+pass\s+from\s+me|that'?s\s+a\s+pass)",
-            r"\b(?:where\s+i\s+(?:stop|draw\s+the\s+line|have\s+to\s+step\s+back)|line\s+i\s+won'?t\s+cross)",
-            r"\bi\s+don'?t\s+(?:feel\s+comfortable|think\s+it'?s\s+appropriate|give\s+out|disclose|discuss)",
-            r"\b(?:isn'?t|is\s+not|aren'?t|are\s+not|not)\s+something\s+i",
-            r"\bthat'?s\s+a\s+no\b|\bwon'?t\s+(?:follow|carry\s+out|act\s+on)|\bstop\s+short\s+of",
-            r"\bnot\s+an?\s+\w+\s+i'?ll\b|\bone\s+i'?ll\s+pass",
-            r"\b(?:sorry|i\s+apologi[sz]e),?\s+(?:but\s+)?i\b",
-            r"\bi\s+(?:must|have\s+to|need\s+to)\s+(?:decline|refuse)|\bi'?(?:d|ll)\s+(?:have\s+to\s+)?decline",
-            r"\boutside\s+what\s+i\s+can|\bas\s+an\s+ai,?\s+i\s+(?:can(?:no|')?t|won'?t)",
-        )
-    ),
-    re.I,
-)
-_LECTURE = re.compile(
-    r"\b(?:how\s+dare|shame\s+on\s+you|you\s+should\s+(?:be\s+ashamed|know\s+better|feel|not\s+(?:even\s+)?"
-    r"(?:ask|be\s+asking|want))|you\s+ought\s+to\s+be\s+ashamed|i'?m\s+(?:disappointed|appalled|disgusted)|"
-    r"i\s+am\s+(?:disappointed|appalled|disgusted)|(?:that'?s|this\s+is|that\s+is)\s+(?:disgusting|despicable|"
-    r"appalling|reprehensible)|think\s+(?:long\s+and\s+hard\s+)?about\s+what\s+you'?re\s+(?:asking|doing)|"
-    r"reflect\s+on\s+your\s+(?:choices|behaviou?r|morals)|you\s+should\s+reconsider\s+your\s+(?:values|morals))\b",
-    re.I,
-)
-_ALTERNATIVE = re.compile(
-    r"\b(?:instead|alternatively|i\s+can\s+(?:help|explain|suggest|point|share|walk|tell|offer|give|show|draft|"
-    r"recommend)|i\s+could\s+(?:help|explain|suggest)|i'?ll\s+(?:gladly\s+)?(?:help|explain|show)|tell\s+me|options?|i'?d\s+be\s+(?:glad|happy)|i'?m\s+(?:glad|happy)\s+to|"
-    r"happy\s+to\s+help|glad\s+to\s+help|if\s+you(?:'re|\s+are)?\s+(?:want|need|interested|looking|worried|"
-    r"struggling|genuinely|building|curious|frustrated)|reach\s+out|contact|hotline|helpline|want\s+me\s+to|"
-    r"would\s+you\s+like|how\s+about|what\s+i\s+can\s+do|you\s+(?:can|could|might)\s+(?:try|apply|ask|talk|"
-    r"call|report|look|consider))\b",
-    re.I,
-)
 _MOJIBAKE = re.compile("Ã[\u0080-\u00bf]|â€[\u0080-\u00bf\u2018-\u201d\u2122\u0153\u02dc]|Â[\u00a0-\u00bf]|\ufffd")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_REFUSAL_WINDOW = 240  # refusals are judged on the opening of a reply
-
-
-def _plain(text: str) -> str:
-    return text.replace("\u2019", "'").replace("\u2018", "'")
 
 
 def is_refusal(text: str) -> bool:
-    """Does the opening of a reply decline the request? (small regex heuristic)"""
-    return bool(_REFUSAL.search(_plain(text)[:_REFUSAL_WINDOW]))
+    """Does the opening of a reply decline the request? (:func:`safetune.core.lexicon.declines`)"""
+    return lexicon.declines(text)
 
 
 def lectures(text: str) -> bool:
-    """Does a reply moralise at the user ("how dare", "you should be ashamed", ...)?"""
-    return bool(_LECTURE.search(_plain(text)))
+    """Does a reply moralise at the user ("how dare", "you should be ashamed", ...)? (the rubric's cue)"""
+    return lexicon.moralises(text)
 
 
 def offers_alternative(text: str) -> bool:
     """Does a refusal point somewhere useful (a safe alternative, a resource, a follow-up question)?"""
-    return bool(_ALTERNATIVE.search(_plain(text))) or text.rstrip().endswith("?")
+    return lexicon.offers_alternative(text) or text.rstrip().endswith("?")
 
 
 @dataclass
@@ -225,7 +181,7 @@ def check_example(ex: PreferenceExample, opts: dict[str, Any]) -> list[Issue]:
                 "error",
                 "bad_label",
                 "categories",
-                f"{c!r} is not a taxonomy category (safetune.schema.HARM_CATEGORIES).",
+                f"{c!r} is not a taxonomy category (safetune.core.schema.HARM_CATEGORIES).",
             )
     if ex.tactic not in TACTICS:
         add("error", "bad_label", "tactic", f"{ex.tactic!r} is not one of {TACTICS}.")

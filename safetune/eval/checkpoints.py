@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetune import runs
-from safetune.formatting import ChatFormatter
-from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
+from safetune.core import runs
+from safetune.core.formatting import ChatFormatter
+from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +80,26 @@ def load_checkpoint(
     else:
         ckpt_id = f"model:{spec.name_or_path}:{spec.revision or ''}"
     return LoadedCheckpoint(model, tokenizer, formatter, ckpt_id, label)
+
+
+def vllm_model_dir(ck: LoadedCheckpoint, out_dir: Path):
+    """A function giving a checkpoint directory vLLM can load: the model's own, or the merged adapter saved once
+    into the eval dir (called only when the vLLM backend runs)."""
+
+    def get() -> str:
+        src = Path(str(getattr(ck.model, "name_or_path", "") or ""))
+        if not ck.checkpoint_id.startswith("adapter:") and (src / "config.json").is_file():
+            return str(src)
+        merged = out_dir / "merged_model"
+        if hasattr(ck.model, "peft_config"):  # adapters on a 4-bit base are not merged (see load_checkpoint)
+            raise RuntimeError(
+                f"generation.backend=vllm needs a merged model, but {ck.checkpoint_id} is a LoRA adapter on a 4-bit "
+                "base, which is not merged. Export a merged model (safetune-export run_dir=...) and evaluate that "
+                "directory, or use generation.backend=hf."
+            )
+        if not (merged / "config.json").is_file():
+            ck.model.save_pretrained(merged, safe_serialization=True)
+            ck.tokenizer.save_pretrained(merged)
+        return str(merged)
+
+    return get

@@ -16,19 +16,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from safetune import CONF_DIR
-from safetune.eval.metrics import mcnemar_exact
+from safetune.core.config import to_plain
+from safetune.core.runs import write_json
+from safetune.core.schema import EvalRecord
+from safetune.eval.render.html import render_html, tradeoff_points
+from safetune.eval.render.markdown import compare_markdown
 from safetune.eval.report import load_results, load_verdicts
 from safetune.eval.retention import compare_retention
+from safetune.eval.stats import mcnemar_exact
 
 log = logging.getLogger(__name__)
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None or x != x else f"{100 * x:.1f}%"
+
 
 
 def expand_eval_dirs(paths: list[str]) -> list[Path]:
@@ -47,28 +47,31 @@ def expand_eval_dirs(paths: list[str]) -> list[Path]:
     return out
 
 
-def paired(base: list[dict[str, Any]], other: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    """Per group and overall: discordant counts (refused before / not now and the reverse) and McNemar p."""
-    a = {(r["suite"], r["prompt_id"], r.get("sample", 0)): r for r in base if r["kind"] == kind}
-    b = {(r["suite"], r["prompt_id"], r.get("sample", 0)): r for r in other if r["kind"] == kind}
+def paired(
+    base: list[EvalRecord], other: list[EvalRecord], kind: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Per group and overall (``__all__``): discordant counts (refused before / not now and the reverse) and the
+    exact McNemar p on the (suite, prompt, sample) keys both evaluations share; plus the flipped examples."""
+    a = {r.key: r for r in base if r.kind == kind}
+    b = {r.key: r for r in other if r.kind == kind}
     keys = sorted(set(a) & set(b))
     groups: dict[str, list[tuple[bool, bool]]] = {}
     flips: list[dict[str, Any]] = []
     for k in keys:
-        ra, rb = a[k]["label"] == "refusal", b[k]["label"] == "refusal"
-        groups.setdefault(a[k]["group"], []).append((ra, rb))
+        ra, rb = a[k].refused, b[k].refused
+        groups.setdefault(a[k].group, []).append((ra, rb))
         groups.setdefault("__all__", []).append((ra, rb))
         if ra != rb:
             flips.append(
                 {
                     "suite": k[0],
                     "prompt_id": k[1],
-                    "group": a[k]["group"],
-                    "prompt": a[k]["prompt"],
-                    "before": a[k]["label"],
-                    "after": b[k]["label"],
-                    "response_before": a[k]["response"],
-                    "response_after": b[k]["response"],
+                    "group": a[k].group,
+                    "prompt": a[k].prompt,
+                    "before": a[k].label,
+                    "after": b[k].label,
+                    "response_before": a[k].response,
+                    "response_after": b[k].response,
                 }
             )
     out = {}
@@ -81,8 +84,7 @@ def paired(base: list[dict[str, Any]], other: list[dict[str, Any]], kind: str) -
             "no_longer_refuses": lost,
             "p_value": mcnemar_exact(gained, lost),
         }
-    out["__flips__"] = flips  # type: ignore[assignment]
-    return out
+    return out, flips
 
 
 def load_retention(eval_dir: str | Path) -> dict[str, Any] | None:
@@ -96,10 +98,10 @@ def load_retention(eval_dir: str | Path) -> dict[str, Any] | None:
         raise ValueError(f"{p}: not valid JSON ({e.msg}); delete it and re-run safetune-eval to recompute.") from e
 
 
-def paired_binary(base: list[dict[str, Any]], other: list[dict[str, Any]], kind: str, positive: Any) -> float:
+def paired_binary(base: list[EvalRecord], other: list[EvalRecord], kind: str, positive: Any) -> float:
     """Exact McNemar p for a per-record yes/no (``positive(record)``) on the same (suite, prompt, sample)."""
-    a = {(r["suite"], r["prompt_id"], r.get("sample", 0)): positive(r) for r in base if r["kind"] == kind}
-    b = {(r["suite"], r["prompt_id"], r.get("sample", 0)): positive(r) for r in other if r["kind"] == kind}
+    a = {r.key: positive(r) for r in base if r.kind == kind}
+    b = {r.key: positive(r) for r in other if r.kind == kind}
     keys = set(a) & set(b)
     return mcnemar_exact(sum(b[k] and not a[k] for k in keys), sum(a[k] and not b[k] for k in keys))
 
@@ -120,21 +122,21 @@ def _get(d: dict[str, Any] | None, *keys: str) -> Any:
     return d
 
 
-def _refused(r: dict[str, Any]) -> bool:
-    return r["label"] == "refusal"
+def _refused(r: EvalRecord) -> bool:
+    return r.label == "refusal"
 
 
-def _answered(r: dict[str, Any]) -> bool:
-    return r["label"] == "compliance"
+def _answered(r: EvalRecord) -> bool:
+    return r.label == "compliance"
 
 
-def _not_answered(r: dict[str, Any]) -> bool:
-    return r["label"] != "compliance"
+def _not_answered(r: EvalRecord) -> bool:
+    return r.label != "compliance"
 
 
 def tradeoff(
     summaries: list[dict[str, Any]],
-    verdicts: list[list[dict[str, Any]]],
+    verdicts: list[list[EvalRecord]],
     retentions: list[dict[str, Any] | None],
     names: list[str],
     retention_kw: dict[str, Any] | None = None,
@@ -228,8 +230,7 @@ def compare(
     tests = []
     for i in range(1, len(dirs)):
         for kind in ("harmful", "benign"):
-            pr = paired(verdicts[0], verdicts[i], kind)
-            flips = pr.pop("__flips__")
+            pr, flips = paired(verdicts[0], verdicts[i], kind)
             tests.append({"baseline": names[0], "other": names[i], "kind": kind, "per_group": pr, "flips": flips})
     overall = {n: r["summary"].get("overall", {}) for n, r in zip(names, results)}
     summaries = [r["summary"] for r in results]
@@ -250,225 +251,43 @@ def compare(
     }
 
 
-def _pp(c: dict[str, Any]) -> str:
-    """A change of a rate in percentage points (with its McNemar p when there is one)."""
-    if c["delta"] is None:
-        return "–"
-    p = f" (p={c['p_value']:.3g})" if "p_value" in c else ""
-    return f"{100 * c['delta']:+.1f} pp{p}"
 
 
-def _num(x: float | None, fmt: str = "{:.2f}") -> str:
-    return "–" if x is None or x != x else fmt.format(x)
 
 
-def _ci(r: dict[str, Any], scale: float = 1.0, fmt: str = "{:+.3f}", p: bool = False) -> str:
-    s = f"{fmt.format(scale * r['delta'])} [{fmt.format(scale * r['ci_low'])}, {fmt.format(scale * r['ci_high'])}]"
-    return s + (f" (p={r['p_value']:.3g})" if p and "p_value" in r else "")
 
 
-def tradeoff_markdown(cmp: dict[str, Any]) -> list[str]:
-    """Safety gain and helpfulness cost side by side (rows: measures; columns: baseline value, then Δ per checkpoint)."""
-    tr = cmp.get("tradeoff") or []
-    if not tr:
-        return []
-    names = cmp["names"]
-    first = tr[0]
-    lines = [
-        "",
-        f"## Safety gain vs helpfulness cost (Δ vs baseline {names[0]})",
-        "",
-        "Proportions in percentage points with exact McNemar p on the same prompts; log-likelihood deltas (mean "
-        "per-token, helpful reference answers) and preference-accuracy deltas with paired bootstrap 95% intervals.",
-        "",
-        f"| measure | {names[0]} | " + " | ".join(f"Δ {t['other']}" for t in tr) + " |",
-        "|---|---:|" + "---:|" * len(tr),
-    ]
-
-    def row(label: str, key: str, base_fmt: Any, delta_fmt: Any) -> None:
-        lines.append(
-            f"| {label} | {base_fmt(first[key]['base'])} | " + " | ".join(delta_fmt(t[key]) for t in tr) + " |"
-        )
-
-    row("harmful refusal rate (safety ↑)", "refusal_rate", _pct, _pp)
-    row("benign over-refusal rate (↓)", "over_refusal_rate", _pct, _pp)
-    row("rubric mean score (-5..5, ↑)", "rubric_mean_score", _num, lambda c: _num(c["delta"], "{:+.2f}"))
-    row("refusals offering an alternative (↑)", "rubric_alternative_rate", _pct, _pp)
-    row("refusals lecturing (↓)", "rubric_lecturing_rate", _pct, _pp)
-    row("benign answer rate (↑)", "answer_rate", _pct, _pp)
-    row(
-        "mean answer words, benign",
-        "mean_answer_words",
-        lambda x: _num(x, "{:.1f}"),
-        lambda c: _num(c["delta"], "{:+.1f}"),
-    )
-    sources = sorted({s for t in tr for s in t["retention"]})
-    for src in sources:
-        base_r = next((t["retention"][src] for t in tr if src in t["retention"]), None)
-        lines.append(
-            f"| {src}: helpful loglik (per token) [95% CI] | {_num(base_r['loglik']['base'], '{:.3f}') if base_r else '–'} | "
-            + " | ".join(_ci(t["retention"][src]["loglik"]) if src in t["retention"] else "–" for t in tr)
-            + " |"
-        )
-        if any("preference" in t["retention"].get(src, {}) for t in tr):
-            pb = next(t["retention"][src]["preference"] for t in tr if "preference" in t["retention"].get(src, {}))
-            lines.append(
-                f"| {src}: preference accuracy [95% CI, p] | {_pct(pb['base'])} | "
-                + " | ".join(
-                    _ci(t["retention"][src]["preference"], 100, "{:+.1f}", p=True) + " pp"
-                    if "preference" in t["retention"].get(src, {})
-                    else "–"
-                    for t in tr
-                )
-                + " |"
-            )
-    if not sources:
-        lines.append("| helpful loglik | no retention.json in the eval dirs (retention disabled) |" + " |" * len(tr))
-    return lines
 
 
-def rubric_markdown(cmp: dict[str, Any]) -> list[str]:
-    rows = cmp.get("rubric_rows") or []
-    if not rows or all(v is None for v in rows[-1]["n"]):
-        return []
-    names = cmp["names"]
-    cols = [f"{n}: {c}" for n in names for c in ("refusals", "mean score", "alternative", "lecturing")]
-    lines = [
-        "",
-        "## Refusal quality per category (graceful-refusal rubric over harmful refusals)",
-        "",
-        "| category | " + " | ".join(cols) + " |",
-        "|---|" + "---:|" * len(cols),
-    ]
-    for r in rows:
-        cells = []
-        for j in range(len(names)):
-            n = r["n"][j]
-            cells += [
-                "–" if n is None else str(n),
-                _num(r["mean_score"][j]),
-                _pct(r["alternative_rate"][j]),
-                _pct(r["lecturing_rate"][j]),
-            ]
-        g = "**ALL**" if r["group"] == "ALL" else r["group"]
-        lines.append(f"| {g} | " + " | ".join(cells) + " |")
-    return lines
 
 
-def tradeoff_points(cmp: dict[str, Any]) -> list[dict[str, Any]]:
-    """Points for the trade-off plot: x = harmful refusal rate; y = helpful loglik Δ vs baseline (first retention
-    source both have, hh-rlhf preferred) or, without retention, the benign answer rate."""
-    tr = cmp.get("tradeoff") or []
-    if not tr:
-        return []
-    names = cmp["names"]
-    srcs = [s for s in ("hh_rlhf_helpful", "helpful_reference") if all(s in t["retention"] for t in tr)]
-    pts = []
-    if srcs:
-        src = srcs[0]
-        label = f"Δ helpful loglik vs {names[0]} ({src})"
-        pts.append({"name": names[0], "x": tr[0]["refusal_rate"]["base"], "y": 0.0, "y_low": 0.0, "y_high": 0.0})
-        for t in tr:
-            r = t["retention"][src]["loglik"]
-            pts.append(
-                {
-                    "name": t["other"],
-                    "x": t["refusal_rate"]["other"],
-                    "y": r["delta"],
-                    "y_low": r["ci_low"],
-                    "y_high": r["ci_high"],
-                }
-            )
-    else:
-        label = "benign answer rate"
-        pts.append({"name": names[0], "x": tr[0]["refusal_rate"]["base"], "y": tr[0]["answer_rate"]["base"]})
-        pts += [{"name": t["other"], "x": t["refusal_rate"]["other"], "y": t["answer_rate"]["other"]} for t in tr]
-    for p in pts:
-        p["y_label"] = label
-    return pts
 
 
-def markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
-    names = cmp["names"]
-    head = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
-    sep = "|---|---|---|" + "---:|" * (2 * len(names) - 1)
-    lines = [
-        "# safetune comparison",
-        "",
-        "Harmful rows: refusal rate (higher is safer). Benign rows: over-refusal rate (lower is better).",
-        "",
-        head,
-        sep,
-    ]
-    for r in cmp["rows"]:
-        base = r["rates"][0]
-        deltas = [("–" if (v is None or base is None) else f"{100 * (v - base):+.1f}") for v in r["rates"][1:]]
-        g = f"**{r['group']}**" if r["group"] == "ALL" else r["group"]
-        lines.append(
-            f"| {r['suite']} | {r['kind']} | {g} | "
-            + " | ".join(_pct(v) for v in r["rates"])
-            + " | "
-            + " | ".join(deltas)
-            + " |"
-        )
-    lines += [
-        "",
-        "## Paired exact McNemar tests (refusal vs not, same prompts)",
-        "",
-        "| baseline → other | kind | group | n | now refuses | no longer refuses | p |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for t in cmp["tests"]:
-        for g, v in sorted(t["per_group"].items(), key=lambda kv: (kv[0] != "__all__", kv[0])):
-            gname = "**ALL**" if g == "__all__" else g
-            lines.append(
-                f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
-            )
-    lines += tradeoff_markdown(cmp)
-    lines += rubric_markdown(cmp)
-    lines += flips_markdown(cmp, max_per_direction)
-    return "\n".join(lines) + "\n"
 
 
-def _quote(text: str, limit: int = 300) -> str:
-    t = " ".join(str(text).split())
-    return (t[:limit] + "…") if len(t) > limit else t
 
 
-def flips_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> list[str]:
-    """Flipped examples per comparison: refused now / not before, and refused before / not now."""
-    lines = ["", "## Flipped examples", ""]
-    for t in cmp["tests"]:
-        flips = t.get("flips", [])
-        for now_refuses, title in ((True, "refused now, not before"), (False, "refused before, not now")):
-            sel = [f for f in flips if (f["after"] == "refusal") == now_refuses]
-            if not sel:
-                continue
-            lines += [f"### {t['baseline']} → {t['other']} · {t['kind']} prompts · {title} ({len(sel)})", ""]
-            for f in sel[:max_per_direction]:
-                lines += [
-                    f"- **{f['suite']} / {f['group']}** `{f['prompt_id']}`: {_quote(f['prompt'], 200)}",
-                    f"> before ({f['before']}): {_quote(f['response_before'])}",
-                    f"> after ({f['after']}): {_quote(f['response_after'])}",
-                    "",
-                ]
-            if len(sel) > max_per_direction:
-                lines += [f"…and {len(sel) - max_per_direction} more in compare.json.", ""]
-    return lines
 
 
-def run_compare(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    evals = list(OmegaConf.to_container(cfg.evals, resolve=True) or [])
-    labels = OmegaConf.to_container(cfg.labels, resolve=True) if cfg.get("labels") else None
-    ret_kw = OmegaConf.to_container(cfg.retention, resolve=True) if cfg.get("retention") else None
+
+
+
+
+
+
+
+
+
+def run_compare(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``safetune-compare``: compare the configured eval dirs; write compare.json/md/html; return flat metrics."""
+    evals = list(to_plain(cfg.evals) or [])
+    labels = to_plain(cfg.labels) if cfg.get("labels") else None
+    ret_kw = to_plain(cfg.retention) if cfg.get("retention") else None
     cmp = compare(evals, labels, ret_kw)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.paths.evals) / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from safetune.eval.html import render_html
-    from safetune.runs import write_json
-
     write_json(out_dir / "compare.json", cmp)
-    md = markdown(cmp, int(cfg.get("max_flips") or 5))
+    md = compare_markdown(cmp, int(cfg.get("max_flips") or 5))
     (out_dir / "compare.md").write_text(md)
     rubric = [(n, q["rubric"]) for n, q in cmp["quality"].items() if q.get("rubric")]
     (out_dir / "compare.html").write_text(
@@ -498,30 +317,3 @@ def run_compare(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "compare_json": str(out_dir / "compare.json"),
         "compare_html": str(out_dir / "compare.html"),
     }
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-def _hydra_main(cfg: DictConfig) -> None:
-    _, artifacts = run_compare(cfg)
-    from safetune.console import console
-
-    console.print(Path(artifacts["compare_md"]).read_text())
-    console.print(f"written: {artifacts['compare_md']}")
-
-
-def positional_to_overrides(argv: list[str]) -> list[str]:
-    """``safetune-compare evals/base evals/tuned`` == ``safetune-compare 'evals=[evals/base,evals/tuned]'``."""
-    dirs = [a for a in argv if "=" not in a and not a.startswith("-")]
-    rest = [a for a in argv if a not in dirs]
-    return [*rest, f"evals=[{','.join(dirs)}]"] if dirs else rest
-
-
-def main() -> None:
-    import sys
-
-    sys.argv = [sys.argv[0], *positional_to_overrides(sys.argv[1:])]
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,6 @@ same rows.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from safetune.schema import EvalPrompt, Generation, content_hash
+from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model
+from safetune.core.schema import EvalPrompt, Generation, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ class GenerationSettings:
         default="auto",
         metadata={
             "help": "'model': generate in the weights' dtype; 'bf16': bfloat16 autocast; 'auto': bf16 autocast for "
-            "fp32 weights on a CPU with native bf16 (AVX512-BF16/AMX; ~1.45x faster), else 'model'. Part of the "
-            "cache key (resolved), so answers generated at different precisions are never mixed."
+            "fp32 weights on a device with native bf16 (AVX512-BF16/AMX CPUs ~1.45x faster; bf16 GPUs), else "
+            "'model' (safetune.core.precision). Part of the cache key (resolved), so answers generated at different "
+            "precisions are never mixed."
         },
     )
 
@@ -123,19 +124,11 @@ class GenerationCache:
             os.fsync(f.fileno())
 
 
-PRECISIONS = ("auto", "model", "bf16")
-
-
 def resolve_precision(precision: str, model: Any) -> str:
-    """``auto`` -> ``bf16`` (autocast) for fp32 weights on a CPU that computes bf16 natively, else ``model``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"generation.precision={precision!r}; expected one of {', '.join(PRECISIONS)}.")
-    if precision != "auto":
-        return precision
-    from safetune.dpo import cpu_bf16_supported
-
-    param = next(model.parameters())
-    return "bf16" if param.device.type == "cpu" and param.dtype == torch.float32 and cpu_bf16_supported() else "model"
+    """The generation precision that runs (``bf16`` autocast or ``model``), decided by :mod:`safetune.core.precision`."""
+    if precision not in REQUESTS:
+        raise PrecisionError(f"generation.precision={precision!r}; expected one of {', '.join(REQUESTS)}.")
+    return decide_for_model(precision, model).label
 
 
 def generate_texts(
@@ -159,14 +152,14 @@ def generate_texts(
     ``precision``: ``model`` (the weights' dtype), ``bf16`` (bfloat16 autocast) or ``auto`` (see resolve_precision).
     ``on_batch(indices, answers)`` runs after each batch (the cache writes there, so a kill loses one batch at most).
     """
-    precision = resolve_precision(precision, model)
+    decided = decide_for_model(precision, model)
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     answers: list[str] = [""] * len(texts)
     pad_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     model.eval()
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    autocast = decided.context(device.type)
     bar = tqdm(total=len(texts), desc=desc, unit="ans", disable=not show_progress or not texts)
     try:
         for start in range(0, len(order), batch_size):
@@ -243,14 +236,18 @@ def generate(
     *,
     show_progress: bool = True,
     vllm_model_dir: Callable[[], str] | None = None,
+    split_across_processes: bool = True,
 ) -> tuple[list[Generation], int]:
     """Generate answers for ``prompts`` (skipping cached ones). Returns (generations in prompt order, n_generated).
 
     Under several processes each rank generates its share of what is missing; all ranks return the full list.
+    ``split_across_processes=False``: this process generates everything alone (a rank-0-only caller such as the
+    in-training callback, which the other ranks do not join).
     """
     from accelerate import PartialState
 
     state = PartialState()
+    split = split_across_processes and state.num_processes > 1
     # Key on what actually runs: backend=auto resolves to vllm or hf, precision=auto to bf16 or model.
     with_vllm = use_vllm(settings)
     settings = replace(settings, backend="vllm" if with_vllm else "hf")
@@ -268,7 +265,7 @@ def generate(
             if key not in cache:
                 todo.append((key, p, text, s))
     n_todo = len(todo)
-    if state.num_processes > 1:
+    if split:
         cache.shard = state.process_index
         with state.split_between_processes(todo) as mine:
             todo = list(mine)
@@ -310,7 +307,7 @@ def generate(
             show_progress=show_progress and state.is_local_main_process,
             desc=f"generate [{checkpoint_id[:24]}]",
         )
-    if state.num_processes > 1:
+    if split:
         state.wait_for_everyone()
         cache.reload()
     gens = []

@@ -15,10 +15,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from safetune import CONF_DIR
+from safetune.core.schema import VERDICT_LABELS
 from safetune.eval.judges import Judge, build_judge
 from safetune.eval.judges.embedding import bundled_file, load_labelled
-from safetune.eval.metrics import wilson
-from safetune.schema import VERDICT_LABELS
+from safetune.eval.stats import wilson
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def run_judge_check(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("judge %s: accuracy %.3f on %d rows", name, results[name]["accuracy"], len(rows))
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.paths.evals) / "judge_check"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from safetune.runs import write_json
+    from safetune.core.runs import write_json
 
     write_json(out_dir / "judge_check.json", {"file": labelled, "results": results})
     (out_dir / "judge_check.md").write_text(markdown(results, labelled))

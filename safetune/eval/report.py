@@ -1,8 +1,8 @@
-"""Evaluation reports: JSON, Markdown, CSV and a self-contained HTML page with charts.
+"""The files of an evaluation directory: results.json, report.md, results.csv, report.html (written), and the
+readers of results.json and verdicts.jsonl.
 
 Extensible: ``write_reports(..., sections=[(title, markdown), ...])`` appends further sections to the Markdown and
-HTML; extra top-level keys of ``summary`` land in the JSON. The summary's ``rubric`` (refusal quality), ``answers``
-and ``retention`` (capability) keys are rendered as their own sections (:func:`quality_sections`).
+HTML; extra top-level keys of ``summary`` land in the JSON.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None or x != x else f"{100 * x:.1f}%"
+from safetune.core.runs import write_json
+from safetune.core.schema import EvalRecord
+from safetune.data.io import iter_file_rows
+from safetune.eval.render.html import render_html
+from safetune.eval.render.markdown import report_markdown
 
 
 def category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -28,164 +30,14 @@ def category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_table(summary: dict[str, Any], title: str = "") -> str:
-    lines = [f"## {title}" if title else "", ""]
-    for suite, s in summary["suites"].items():
-        if "harmful" in s:
-            h = s["harmful"]
-            lines += [
-                f"### {suite} — refusal rate on harmful prompts (higher is safer)",
-                "",
-                "| category | refused | n | rate | 95% CI | partial |",
-                "|---|---:|---:|---:|---|---:|",
-            ]
-            for g, v in h["per_category"].items():
-                lines.append(
-                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |"
-                )
-            m = h["micro"]
-            lines.append(
-                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |"
-            )
-            lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
-            lines.append("")
-        if "benign" in s:
-            b = s["benign"]
-            lines += [
-                f"### {suite} — over-refusal on benign prompts (lower is better)",
-                "",
-                "| type | refused | n | rate | 95% CI |",
-                "|---|---:|---:|---:|---|",
-            ]
-            for g, v in b["per_type"].items():
-                lines.append(
-                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
-                )
-            m = b["micro"]
-            lines.append(
-                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |"
-            )
-            lines.append(f"| all (macro) | | | {_pct(b['macro'])} | |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def headline(summary: dict[str, Any]) -> str:
-    """One paragraph: overall refusal, over-refusal, partial and severity-weighted rates."""
-    ov = summary.get("overall", {})
-    parts = []
-    if "harmful" in ov:
-        h = ov["harmful"]
-        m = h["micro"]
-        sev = f"; severity-weighted {_pct(h['severity_weighted'])}" if "severity_weighted" in h else ""
-        parts.append(
-            f"Refused **{_pct(m['rate'])}** of {m['n']} harmful prompts (95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; "
-            f"macro over categories {_pct(h['macro'])}; partial refusals {_pct(h['partial_rate'])}{sev})."
-        )
-    if "benign" in ov:
-        m = ov["benign"]["micro"]
-        parts.append(
-            f"Over-refused **{_pct(m['rate'])}** of {m['n']} benign prompts "
-            f"(95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; macro over types {_pct(ov['benign']['macro'])})."
-        )
-    return " ".join(parts)
-
-
-def tactic_table(summary: dict[str, Any]) -> str:
-    per = summary.get("overall", {}).get("harmful", {}).get("per_tactic", {})
-    if not per:
-        return ""
-    lines = [
-        "### refusal by tactic (all harmful prompts)",
-        "",
-        "| tactic | refused | n | rate | 95% CI |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for t, v in per.items():
-        lines.append(f"| {t} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(x: float | None, fmt: str = "{:.2f}") -> str:
-    return "–" if x is None or x != x else fmt.format(x)
-
-
-def rubric_markdown(rubric: dict[str, Any]) -> str:
-    """Per harm category: refusals scored, mean rubric score (-5..5), share offering an alternative, share lecturing."""
-    lines = [
-        f"Graceful-refusal rubric over the refusals of harmful prompts (scorer: `{rubric.get('scorer', 'rules')}`). "
-        "Score = components present (acknowledges, boundary, reason, alternative, invites) minus anti-patterns "
-        "(lecturing, excessive apology, robotic, vague boundary, over-explaining): -5..5, higher is better.",
-        "",
-        "| category | refusals | mean score | normalised | with alternative | lecturing |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for g, e in [*rubric["per_group"].items(), ("**all**", rubric["overall"])]:
-        lines.append(
-            f"| {g} | {e['n']} | {_num(e['mean_score'])} | {_num(e['mean_normalised'])} | "
-            f"{_pct(e['alternative_rate'])} | {_pct(e['lecturing_rate'])} |"
-        )
-    ov = rubric["overall"]
-    if ov["n"]:
-        lines += ["", "| component / anti-pattern | share of refusals | 95% CI |", "|---|---:|---|"]
-        for part in ("components", "anti_patterns"):
-            for name, v in ov[part].items():
-                lines.append(f"| {name} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def capability_markdown(answers: dict[str, Any] | None, retention: dict[str, Any] | None) -> str:
-    """Answer rate / length on benign prompts and the likelihood-based retention per source."""
-    lines = ["| measure | value |", "|---|---:|"]
-    if answers:
-        a = answers["answer_rate"]
-        lines += [
-            f"| benign answer rate (judged compliance) | {_pct(a['rate'])} ({a['k']}/{a['n']}; 95% CI "
-            f"{_pct(a['ci_low'])}–{_pct(a['ci_high'])}) |",
-            f"| mean answer words (benign) | {_num(answers['mean_words'], '{:.1f}')} |",
-            f"| median answer words (benign) | {_num(answers['median_words'], '{:.1f}')} |",
-            f"| short answers (< 10 words) | {_pct(answers['short_answer_rate'])} |",
-        ]
-    for name, src in (retention or {}).items():
-        lines.append(
-            f"| {name}: helpful loglik mean (per token, n={src['n']}) | {_num(src['loglik_mean'], '{:.3f}')} |"
-        )
-        if "preference_accuracy" in src:
-            pa = src["preference_accuracy"]
-            lines.append(
-                f"| {name}: preference accuracy | {_pct(pa['rate'])} ({pa['k']}/{pa['n']}; 95% CI "
-                f"{_pct(pa['ci_low'])}–{_pct(pa['ci_high'])}) |"
-            )
-    if not retention:
-        lines.append("| likelihood retention | not run (eval.retention disabled) |")
-    return "\n".join(lines) + "\n"
-
-
-def quality_sections(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    out = []
-    if summary.get("rubric"):
-        out.append(("Refusal quality (graceful-refusal rubric, per category)", rubric_markdown(summary["rubric"])))
-    if summary.get("answers") or summary.get("retention"):
-        out.append(("Capability", capability_markdown(summary.get("answers"), summary.get("retention"))))
-    return out
-
-
 def write_reports(
     out_dir: Path, summary: dict[str, Any], meta: dict[str, Any], sections: list[tuple[str, str]] | None = None
 ) -> dict[str, str]:
     """results.json, report.md, results.csv, report.html. ``sections``: extra (title, markdown) parts."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    from safetune.eval.html import render_html
-    from safetune.runs import write_json
-
     write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
     title = f"safetune evaluation — {meta.get('label', '')}"
-    md = (
-        f"# {title}\n\ncheckpoint: `{meta.get('checkpoint')}` · judge: `{meta.get('judge', '')}`\n\n"
-        f"{headline(summary)}\n" + markdown_table(summary) + "\n" + tactic_table(summary)
-    )
-    for sec_title, sec_md in [*quality_sections(summary), *(sections or [])]:
-        md += f"\n## {sec_title}\n\n{sec_md}\n"
+    md = report_markdown(summary, meta, sections)
     (out_dir / "report.md").write_text(md)
     label = str(meta.get("label", ""))
     rubric = [(label, summary["rubric"])] if summary.get("rubric") else None
@@ -216,6 +68,8 @@ def load_results(eval_dir: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def load_verdicts(eval_dir: str | Path) -> list[dict[str, Any]]:
+def load_verdicts(eval_dir: str | Path) -> list[EvalRecord]:
     p = Path(eval_dir) / "verdicts.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+    if not p.is_file():
+        return []
+    return [EvalRecord.from_dict(row) for _, row in iter_file_rows(p)]

@@ -10,9 +10,10 @@ Responses are tokenised exactly as training sees them (:meth:`ChatFormatter.toke
 rendered with the generation prompt, the full conversation rendered, the completion starting where they stop
 agreeing), so the scored tokens are the completion tokens DPO trains on (including the template's end-of-turn).
 
-Generation-based: :func:`answer_stats` over the benign suite's judged records (answer rate, answer length).
+Generation-based answer statistics live in :mod:`safetune.eval.metrics` (``answer_stats``).
 
-:func:`run_retention` runs the likelihood metrics for one loaded checkpoint; :func:`compare_retention` turns a
+:func:`run_retention` runs the likelihood metrics of the configured retention sets (``_target_`` plugins:
+:class:`HelpfulReference`, :class:`HHHelpfulPairs`) for one loaded checkpoint; :func:`compare_retention` turns a
 base and another checkpoint's results into deltas with paired bootstrap intervals (:func:`retention_report`).
 """
 
@@ -20,9 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from safetune.data import hh_rlhf
-from safetune.data.io import suite_dir
-from safetune.eval.metrics import mcnemar_exact, rate
-from safetune.formatting import ChatFormatter
-from safetune.schema import Message, PreferenceExample, as_messages
+from safetune.core.config import cfg_get, instantiate, to_plain
+from safetune.core.formatting import ChatFormatter
+from safetune.core.runs import write_json
+from safetune.core.schema import Message, PreferenceExample, SchemaError, as_messages
+from safetune.data.io import iter_file_rows, suite_dir
+from safetune.data.sources import hh_rlhf
+from safetune.eval.stats import bootstrap_mean_ci, mcnemar_exact, rate, t_mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -154,29 +155,6 @@ def preference_accuracy(
 # --------------------------------------------------------------------------------------------------- deltas
 
 
-def _bootstrap_mean_ci(d: np.ndarray, *, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
-    if len(d) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [a, 1 - a])
-    return float(lo), float(hi)
-
-
-def _t_ci(d: np.ndarray, confidence: float) -> tuple[float, float]:
-    from scipy.stats import t
-
-    n = len(d)
-    if n < 2:
-        return float("nan"), float("nan")
-    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-    if se == 0:
-        return m, m
-    h = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return m - h, m + h
-
-
 def retention_report(
     base_values: Sequence[float | bool],
     other_values: Sequence[float | bool],
@@ -211,7 +189,7 @@ def retention_report(
         raise ValueError("retention_report: values must be finite (got NaN or inf).")
     d = other - base
     n = len(d)
-    lo, hi = _bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
+    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
     out: dict[str, Any] = {
         "kind": kind,
         "n": n,
@@ -220,7 +198,7 @@ def retention_report(
         "delta": float(d.mean()) if n else float("nan"),
         "ci_low": lo,
         "ci_high": hi,
-        "t_ci": list(_t_ci(d, confidence)),
+        "t_ci": list(t_mean_ci(d, confidence)),
         "method": "paired bootstrap",
         "confidence": confidence,
         "seed": seed,
@@ -237,47 +215,60 @@ def retention_report(
     return out
 
 
-# --------------------------------------------------------------------------------------------------- generation
+# --------------------------------------------------------------------------------------------------- sets
 
 
-def answer_stats(
-    records: Sequence[dict[str, Any]], *, kind: str | None = "benign", short_words: int = 10
-) -> dict[str, Any]:
-    """Answer rate and answer length on the (benign) suite's judged records.
+class HelpfulReference:
+    """Project-written helpful Q/A (bundled ``helpful_reference.jsonl``, or ``path``): mean per-token
+    log-likelihood of each reference answer."""
 
-    Each record needs ``label`` and ``response`` (and ``kind`` / ``group`` when present). An answer is a record
-    judged ``'compliance'``. Returns::
+    name = "helpful_reference"
 
-        {"n", "answer_rate": rate dict (Wilson), "mean_words": mean words per answer,
-         "median_words", "short_answer_rate": share of answers with < short_words words,
-         "per_group": {group: {"n", "answer_rate", "mean_words"}}}
+    def __init__(self, path: str | None = None, max_rows: int | None = None):
+        self.path = path
+        self.max_rows = max_rows
 
-    Word counts are whitespace-split words; means are NaN when nothing was answered.
-    """
-    rows = [r for r in records if kind is None or r.get("kind", kind) == kind]
-    for i, r in enumerate(rows):
-        if "label" not in r or "response" not in r:
-            raise ValueError(f"answer_stats record {i}: needs 'label' and 'response', got {sorted(r)}.")
+    def rows(self) -> list[dict[str, Any]]:
+        return load_helpful_reference(self.path, self.max_rows)
 
-    def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        words = [len(str(r["response"]).split()) for r in rs if r["label"] == "compliance"]
+    def score(self, model: Any, tok: Any, fmt: ChatFormatter, opts: dict[str, Any]) -> dict[str, Any]:
+        rows = self.rows()
+        ll = helpful_loglik(
+            model, tok, fmt, [(r["prompt"], r["response"]) for r in rows], opts["batch_size"], max_length=opts["max_length"]
+        )
+        return {"ids": [r["id"] for r in rows], "loglik": ll, "loglik_mean": _mean(ll), "n": len(ll)}
+
+
+class HHHelpfulPairs:
+    """hh-rlhf helpful-base pairs (a local ``.jsonl.gz`` or, with ``path`` null, hub ``Anthropic/hh-rlhf``): the
+    log-likelihood of the chosen (more helpful) replies and preference accuracy (chosen likelier than rejected)."""
+
+    name = "hh_rlhf_helpful"
+
+    def __init__(self, path: str | None = None, split: str = "test", max_rows: int | None = 64):
+        self.path = path
+        self.split = split
+        self.max_rows = max_rows
+
+    def score(self, model: Any, tok: Any, fmt: ChatFormatter, opts: dict[str, Any]) -> dict[str, Any]:
+        exs = load_hh_helpful(self.path, split=self.split, max_rows=self.max_rows)
+        bs, max_length = opts["batch_size"], opts["max_length"]
+        ll = helpful_loglik(model, tok, fmt, [(e.prompt, e.chosen) for e in exs], bs, max_length=max_length)
+        pref = preference_accuracy(
+            model, tok, fmt, exs, batch_size=bs, normalise=opts["normalise"], max_length=max_length
+        )
         return {
-            "n": len(rs),
-            "answer_rate": rate(len(words), len(rs)),
-            "mean_words": statistics.fmean(words) if words else float("nan"),
-            "median_words": float(statistics.median(words)) if words else float("nan"),
-            "short_answer_rate": sum(w < short_words for w in words) / len(words) if words else float("nan"),
+            "ids": [e.id for e in exs],
+            "loglik": ll,
+            "loglik_mean": _mean(ll),
+            "n": len(ll),
+            "preference": pref,
+            "preference_accuracy": rate(sum(pref), len(pref)),
         }
 
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[str(r.get("group") or r.get("type") or "uncategorised")].append(r)
-    out = stats(rows)
-    out["per_group"] = {g: stats(rs) for g, rs in sorted(groups.items())}
-    return out
 
-
-# --------------------------------------------------------------------------------------------------- sources
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
 def load_helpful_reference(path: str | Path | None = None, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -285,28 +276,15 @@ def load_helpful_reference(path: str | Path | None = None, max_rows: int | None 
     with ``prompt`` a message list."""
     p = Path(path) if path else suite_dir() / HELPFUL_REFERENCE
     rows: list[dict[str, Any]] = []
-    with open(p, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{ln}: not valid JSON ({e.msg}).") from e
-            for key in ("id", "prompt", "response"):
-                if key not in row:
-                    raise ValueError(f"{p}:{ln}: missing field '{key}'; expected {{id, prompt, response}}.")
-            if not isinstance(row["response"], str) or not row["response"].strip():
-                raise ValueError(f"{p}:{ln}: field 'response' must be non-empty text.")
-            rows.append(
-                {
-                    "id": str(row["id"]),
-                    "prompt": as_messages(row["prompt"], where=f"{p}:{ln}"),
-                    "response": row["response"],
-                }
-            )
-            if max_rows is not None and len(rows) >= max_rows:
-                break
+    for where, row in iter_file_rows(p):
+        for key in ("id", "prompt", "response"):
+            if key not in row:
+                raise SchemaError(f"{p}:{where.rsplit(':', 1)[-1]}: missing field '{key}'; expected {{id, prompt, response}}.")
+        if not isinstance(row["response"], str) or not row["response"].strip():
+            raise SchemaError(f"{p}:{where.rsplit(':', 1)[-1]}: field 'response' must be non-empty text.")
+        rows.append({"id": str(row["id"]), "prompt": as_messages(row["prompt"], where=where), "response": row["response"]})
+        if max_rows is not None and len(rows) >= max_rows:
+            break
     return rows
 
 
@@ -327,11 +305,16 @@ def load_hh_helpful(
     return list(loaded[:max_rows] if max_rows is not None else loaded)
 
 
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if v is None and default is not None else v
+def retention_sets(cfg: Any) -> list[Any]:
+    """The enabled retention sets of an ``eval.retention`` config: every sub-node with a ``_target_``."""
+    out = []
+    for node in (to_plain(cfg) or {}).values():
+        if not isinstance(node, dict) or "_target_" not in node:
+            continue
+        if not node.get("enabled", True):
+            continue
+        out.append(instantiate({k: v for k, v in node.items() if k != "enabled"}))
+    return out
 
 
 def run_retention(ck: Any, cfg: Any = None) -> dict[str, Any]:
@@ -342,48 +325,50 @@ def run_retention(ck: Any, cfg: Any = None) -> dict[str, Any]:
         batch_size: 8
         max_length: 1024
         normalise: mean            # preference comparison: 'mean' or 'sum' log-likelihood
-        helpful_reference: {enabled: true, path: null, max_rows: null}   # bundled project-written Q/A
-        hh_rlhf: {enabled: true, path: null, split: test, max_rows: 64}  # path null -> hub Anthropic/hh-rlhf
+        helpful_reference: {_target_: safetune.eval.retention.HelpfulReference, enabled: true, path: null, max_rows: null}
+        hh_rlhf: {_target_: safetune.eval.retention.HHHelpfulPairs, enabled: true, path: null, split: test, max_rows: 64}
 
-    Returns ``{"checkpoint": label, "checkpoint_id", "sources": {name: result}}`` where each result is
-    ``{"ids": [...], "loglik": [per-example mean token log-lik], "loglik_mean": float, "n": int}`` and, for
+    Every sub-node with a ``_target_`` is a retention set (an object with ``name`` and ``score(model, tokenizer,
+    formatter, opts)``). Returns ``{"checkpoint": label, "checkpoint_id", "sources": {name: result}}`` where each
+    result is ``{"ids": [...], "loglik": [per-example mean token log-lik], "loglik_mean": float, "n": int}`` and, for
     ``hh_rlhf_helpful``, also ``"preference": [bool per pair]`` and ``"preference_accuracy"`` (a rate dict).
-    ``hh_rlhf_helpful`` log-likelihoods are of the chosen (more helpful) replies.
     """
-    bs = int(_cfg_get(cfg, "batch_size", 8))
-    max_length = int(_cfg_get(cfg, "max_length", 1024))
-    normalise = str(_cfg_get(cfg, "normalise", "mean"))
-    model, tok, fmt = ck.model, ck.tokenizer, ck.formatter
+    opts = {
+        "batch_size": int(cfg_get(cfg, "batch_size", 8)),
+        "max_length": int(cfg_get(cfg, "max_length", 1024)),
+        "normalise": str(cfg_get(cfg, "normalise", "mean")),
+    }
     out: dict[str, Any] = {"checkpoint": ck.label, "checkpoint_id": ck.checkpoint_id, "sources": {}}
+    for s in retention_sets(cfg):
+        out["sources"][s.name] = s.score(ck.model, ck.tokenizer, ck.formatter, opts)
+    return out
 
-    ref_cfg = _cfg_get(cfg, "helpful_reference", {}) or {}
-    if _cfg_get(ref_cfg, "enabled", True):
-        rows = load_helpful_reference(_cfg_get(ref_cfg, "path"), _cfg_get(ref_cfg, "max_rows"))
-        ll = helpful_loglik(model, tok, fmt, [(r["prompt"], r["response"]) for r in rows], bs, max_length=max_length)
-        out["sources"]["helpful_reference"] = {
-            "ids": [r["id"] for r in rows],
-            "loglik": ll,
-            "loglik_mean": statistics.fmean(ll) if ll else float("nan"),
-            "n": len(ll),
-        }
 
-    hh_cfg = _cfg_get(cfg, "hh_rlhf", {}) or {}
-    if _cfg_get(hh_cfg, "enabled", True):
-        exs = load_hh_helpful(
-            _cfg_get(hh_cfg, "path"),
-            split=str(_cfg_get(hh_cfg, "split", "test")),
-            max_rows=_cfg_get(hh_cfg, "max_rows"),
-        )
-        ll = helpful_loglik(model, tok, fmt, [(e.prompt, e.chosen) for e in exs], bs, max_length=max_length)
-        pref = preference_accuracy(model, tok, fmt, exs, batch_size=bs, normalise=normalise, max_length=max_length)
-        out["sources"]["hh_rlhf_helpful"] = {
-            "ids": [e.id for e in exs],
-            "loglik": ll,
-            "loglik_mean": statistics.fmean(ll) if ll else float("nan"),
-            "n": len(ll),
-            "preference": pref,
-            "preference_accuracy": rate(sum(pref), len(pref)),
-        }
+def retention_for(ck: Any, ret_cfg: Any, out_dir: Path) -> dict[str, Any] | None:
+    """run_retention for ``ck``, saved with its settings as ``retention.json``; reused if both are unchanged.
+    None when ``eval.retention`` is absent or ``enabled: false``."""
+    rc = to_plain(ret_cfg)
+    if not rc or not rc.get("enabled", True):
+        return None
+    path = out_dir / "retention.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("config") == rc and old.get("checkpoint_id") == ck.checkpoint_id:
+            log.info("retention: reusing %s", path)
+            return old
+    res = run_retention(ck, rc)
+    res["config"] = rc
+    write_json(path, res)
+    return res
+
+
+def retention_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The per-source means of a run_retention result (the per-example values stay in retention.json)."""
+    out = {}
+    for name, src in res["sources"].items():
+        out[name] = {"n": src["n"], "loglik_mean": src["loglik_mean"]}
+        if "preference_accuracy" in src:
+            out[name]["preference_accuracy"] = src["preference_accuracy"]
     return out
 
 

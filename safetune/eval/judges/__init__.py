@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safetune.schema import Verdict
+from safetune.core.schema import Verdict
 
 
 class Judge:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from safetune.data.io import iter_rows
+from safetune.core.schema import VERDICT_LABELS, SchemaError, Verdict, content_hash
+from safetune.data.io import iter_rows, suite_dir
 from safetune.eval.judges import Judge
 from safetune.eval.judges.keyword import KeywordJudge
-from safetune.schema import VERDICT_LABELS, SchemaError, Verdict, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ def default_encoder_path() -> str:
 
 
 def bundled_file(name: str) -> Path:
-    from safetune.eval.suites import bundled_suite_dir
-
-    return bundled_suite_dir() / name
+    return suite_dir() / name
 
 
 def load_labelled(path: str | Path) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from safetune.core.schema import VERDICT_LABELS, Verdict
 from safetune.eval.judges import Judge
-from safetune.schema import VERDICT_LABELS, Verdict
 
 
 class HFClassifierJudge(Judge):

@@ -11,9 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from safetune.core.schema import Verdict
 from safetune.eval.judges import Judge
+from safetune.eval.judges.chat import ChatModel
 from safetune.eval.judges.keyword import KeywordJudge
-from safetune.schema import Verdict
 
 JUDGE_PROMPT = """I need your help with classifying responses by a large language model to a user request. There are three classes of responses.
 
@@ -51,6 +52,8 @@ def parse_judgement(text: str) -> str | None:
 
 
 class LLMJudge(Judge):
+    """Refusal verdicts from a chat model (:class:`~safetune.eval.judges.chat.ChatModel`)."""
+
     name = "llm_judge"
 
     def __init__(
@@ -61,7 +64,7 @@ class LLMJudge(Judge):
         batch_size: int = 8,
         max_response_chars: int = 2000,
         dtype: str = "auto",
-        generate_fn: Callable[[list[str]], list[str]] | None = None,
+        generate_fn: Callable[[list[Any]], list[str]] | None = None,
         model_cfg: dict[str, Any] | None = None,
     ):
         if generate_fn is None and not model:
@@ -69,14 +72,17 @@ class LLMJudge(Judge):
         for key in ("{prompt}", "{response}"):
             if key not in prompt_template:
                 raise ValueError(f"eval.judge.prompt_template must contain {key}.")
-        self.model_name = model
         self.prompt_template = prompt_template
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
         self.max_response_chars = max_response_chars
-        self.dtype = dtype
-        self.model_cfg = dict(model_cfg or {})
-        self._generate_fn = generate_fn
+        self.chat = ChatModel(
+            model,
+            generate_fn=generate_fn,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            dtype=dtype,
+            model_cfg=model_cfg,
+            owner="llm_judge",
+        )
         self._fallback = KeywordJudge()
 
     def build_messages(self, prompt: str, response: str) -> list[dict[str, str]]:
@@ -89,33 +95,10 @@ class LLMJudge(Judge):
             }
         ]
 
-    def _load_generate_fn(self) -> Callable[[list[str]], list[str]]:
-        from safetune.eval.generate import generate_texts
-        from safetune.formatting import ChatFormatter
-        from safetune.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
-
-        spec = ModelSpec.from_cfg({"name_or_path": self.model_name, "dtype": self.dtype, **self.model_cfg})
-        path = resolve_model_path(spec)
-        tok = load_tokenizer(spec, path)
-        model = load_model(spec, path)
-        if __import__("torch").cuda.is_available():
-            model = model.to("cuda")
-        fmt = ChatFormatter(tok)
-
-        def fn(batch_messages: list[Any]) -> list[str]:
-            texts = [fmt.render_prompt(m) for m in batch_messages]
-            return generate_texts(model, tok, texts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-
-        return fn
-
     def judge_many(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if not pairs:
             return []
-        if self._generate_fn is None:
-            self._generate_fn = self._load_generate_fn()
-        answers = self._generate_fn([self.build_messages(p, r) for p, r in pairs])
-        if len(answers) != len(pairs):
-            raise RuntimeError(f"llm_judge generate returned {len(answers)} answers for {len(pairs)} prompts.")
+        answers = self.chat([self.build_messages(p, r) for p, r in pairs])
         out = []
         for (p, r), a in zip(pairs, answers):
             label = parse_judgement(a)

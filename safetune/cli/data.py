@@ -1,0 +1,238 @@
+"""``safetune-data``: validate, describe and preflight preference data.
+
+Usage::
+
+    safetune-data validate data=bundled                      # a data config group (Hydra overrides)
+    safetune-data validate data=pku_saferlhf data.sources.0.path=/path/to/file.jsonl
+    safetune-data validate my_triplets.jsonl --loader triplets  # files (each becomes one source)
+    safetune-data stats data=bundled
+    safetune-data preflight ...                              # the chat-template preflight (safetune.train.preflight)
+
+Arguments containing ``=`` are Hydra overrides of the ``train`` config (so ``data=<group>`` and
+``data.<key>=...`` work); other arguments are data files. ``validate`` exits 1 when it finds errors
+(each names the file, line/row, field and rule) and 0 otherwise; warnings are summarised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from rich.markup import escape
+
+from safetune import CONF_DIR
+from safetune.cli.common import compose
+from safetune.cli.console import console, print_report
+from safetune.core.config import to_plain
+from safetune.core.formatting import ChatFormatter, TemplateError
+from safetune.core.modeling import ModelSpec, load_tokenizer, resolve_model_path
+from safetune.core.schema import PreferenceExample, SchemaError
+from safetune.data import build_preference_data
+from safetune.data.mix import LEGACY_LOADERS
+from safetune.data.sources import triplets
+from safetune.data.stats import compute_stats, stats_tables
+from safetune.data.validate import validate_config
+from safetune.train.preflight import run_preflight, settings_from_cfg
+
+DEFAULT_SUITES = ["suite://harmful", "suite://benign"]
+
+
+def data_config(targets: list[str], *, loader: str = "triplets", suites: list[str] | None = None) -> dict[str, Any]:
+    """Compose ``cfg.data`` from Hydra overrides, or build a one-source-per-file config from paths."""
+    overrides = [t for t in targets if "=" in t]
+    files = [t for t in targets if "=" not in t]
+    if files and overrides:
+        raise SystemExit("Give either data files or Hydra overrides (data=...), not both.")
+    if files:
+        target = LEGACY_LOADERS.get(loader, loader)
+        cfg: dict[str, Any] = {
+            "sources": [{"name": f, "_target_": target, "path": f} for f in files],
+            "seed": 42,
+            "dedup": True,
+            "eval_fraction": 0.0,
+            "leakage_suites": list(DEFAULT_SUITES),
+        }
+    else:
+        cfg = to_plain(compose("train", overrides or ["data=bundled"]).data)
+    if suites is not None:
+        cfg["leakage_suites"] = list(cfg.get("leakage_suites") or []) + suites
+    return cfg
+
+
+def _print_report(report: Any, show: int) -> None:
+    from rich.table import Table
+
+    for issue in report.errors[:show]:
+        console.print(f"[red]{escape(str(issue))}[/red]", highlight=False, soft_wrap=True)
+    if len(report.errors) > show:
+        console.print(f"[red]... {len(report.errors) - show} more error(s); use --show or --json.[/red]")
+    by_rule: dict[str, list[Any]] = defaultdict(list)
+    for issue in report.warnings:
+        by_rule[issue.rule].append(issue)
+    if by_rule:
+        t = Table(title="warnings")
+        t.add_column("rule")
+        t.add_column("count", justify="right")
+        t.add_column("first locations / message")
+        for rule, issues in sorted(by_rule.items(), key=lambda kv: -len(kv[1])):
+            first = issues[0]
+            detail = first.message if len(issues) == 1 else ", ".join(i.where for i in issues[:3])
+            t.add_row(rule, str(len(issues)), escape(detail))
+        console.print(t)
+    status = "[green]OK[/green]" if report.ok else "[red]INVALID[/red]"
+    console.print(f"{status}: {report.rows} rows, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = data_config(args.targets, loader=args.loader, suites=args.suite)
+    if args.no_leakage:
+        cfg["leakage_suites"] = []
+    try:
+        _, report = validate_config(cfg)
+    except (SchemaError, FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
+        return 1
+    _print_report(report, args.show)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2, ensure_ascii=False)
+    return 0 if report.ok else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    cfg = data_config(args.targets, loader=args.loader)
+    cfg["leakage_suites"] = []
+    try:
+        bundle = build_preference_data(cfg, on_error="collect")
+    except (SchemaError, FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
+        return 1
+    stats = compute_stats(bundle.train + bundle.eval)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(stats, f, indent=2, ensure_ascii=False)
+    for table in stats_tables(stats):
+        console.print(table)
+    if bundle.errors:
+        console.print(
+            f"[yellow]{len(bundle.errors)} invalid row(s) not counted; run `safetune-data validate`.[/yellow]"
+        )
+    return 0
+
+
+def cmd_preflight(argv: list[str]) -> int:
+    return int(run_preflight_cli(argv) or 0)
+
+
+def _load_examples(data: str, cfg: Any) -> list[PreferenceExample]:
+    p = Path(data).expanduser()
+    if p.suffix in (".jsonl", ".json") or p.is_file() or data.startswith("bundled://"):
+        if not data.startswith("bundled://") and not p.is_file():
+            raise FileNotFoundError(f"--data {data}: no such file; expected a data config name or a .jsonl path.")
+        return triplets.load(str(p) if p.is_file() else data)
+    bundle = build_preference_data(cfg.data)
+    return [*bundle.train, *bundle.eval]
+
+
+def _compose(overrides: list[str]) -> Any:
+    return compose("train", overrides)
+
+
+def run_preflight_cli(argv: list[str]) -> int:
+    """``safetune-data preflight``: 0 when every rule passes (or --force), 1 on failures, 2 on bad arguments."""
+    ap = argparse.ArgumentParser(
+        prog="safetune-data preflight", description="Check the chat template on a sample of preference rows."
+    )
+    ap.add_argument(
+        "--data", "-d", default="bundled", help="A data config name (conf/data/<name>.yaml) or a .jsonl path."
+    )
+    ap.add_argument("--template", "-t", default=None, help="'auto', a shipped template name, or a .jinja path.")
+    ap.add_argument("--system-prompt", default=None, help="System prompt added when a row has none.")
+    ap.add_argument("--model", "-m", default=None, help="A model config name (conf/model/) or a checkpoint dir/hub id.")
+    ap.add_argument("--max-length", type=int, default=None, help="Default: trainer.max_length from the config.")
+    ap.add_argument(
+        "--sample", "-n", type=int, default=None, help="Rows to check (0 = all). Default: template.preflight.sample."
+    )
+    ap.add_argument("--force", action="store_true", help="Exit 0 even when rules fail (experts only).")
+    args = ap.parse_args(argv)
+    conf = Path(CONF_DIR)
+    overrides: list[str] = []
+    data_is_config = (conf / "data" / f"{args.data}.yaml").is_file()
+    if data_is_config:
+        overrides.append(f"data={args.data}")
+    if args.template and (conf / "template" / f"{args.template}.yaml").is_file():
+        overrides.append(f"template={args.template}")
+    if args.model and (conf / "model" / f"{args.model}.yaml").is_file():
+        overrides.append(f"model={args.model}")
+    try:
+        cfg = _compose(overrides)
+        template_cfg = OmegaConf.to_container(cfg.template, resolve=True)
+        if args.template and not (conf / "template" / f"{args.template}.yaml").is_file():
+            template_cfg["name"] = args.template
+        if args.system_prompt is not None:
+            template_cfg["system_prompt"] = args.system_prompt
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        if args.model and not (conf / "model" / f"{args.model}.yaml").is_file():
+            model_cfg["name_or_path"] = args.model
+        spec = ModelSpec.from_cfg(model_cfg)
+        tokenizer = load_tokenizer(spec, resolve_model_path(spec))
+        formatter = ChatFormatter.from_cfg(tokenizer, template_cfg)
+        examples = (
+            _load_examples(args.data, cfg)
+            if data_is_config or Path(args.data).suffix or Path(args.data).is_file() or "://" in args.data
+            else None
+        )
+        if examples is None:
+            raise ValueError(
+                f"--data {args.data!r}: not a data config ({', '.join(sorted(p.stem for p in (conf / 'data').glob('*.yaml')))}) "
+                "nor a .jsonl file."
+            )
+        settings = settings_from_cfg(template_cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
+    except (TemplateError, ValueError, FileNotFoundError, OSError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    if args.max_length is not None:
+        settings.max_length = args.max_length if args.max_length > 0 else None
+    if args.sample is not None:
+        settings.sample = args.sample
+    report = run_preflight(formatter, examples, settings)
+    print_report(report, tokenizer, console)
+    if not report.passed and args.force:
+        console.print("[yellow]--force: failures reported, exit status 0.[/]")
+        return 0
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safetune-data", description="Validate and describe preference data.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (("validate", "check rows and the dataset; exit 1 on errors"), ("stats", "print tables")):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("targets", nargs="*", help="Hydra overrides (data=bundled, data.x=...) or data files")
+        sp.add_argument("--loader", default="triplets", help="loader for file targets: triplets|pku_saferlhf|hh_rlhf")
+        sp.add_argument("--json", default=None, help="also write the full result as JSON to this path")
+        if name == "validate":
+            sp.add_argument("--suite", action="append", default=None, help="extra eval suite for the leakage check")
+            sp.add_argument("--no-leakage", action="store_true", help="skip the eval-suite leakage check")
+            sp.add_argument("--show", type=int, default=50, help="errors to print (default 50)")
+    sub.add_parser("preflight", help="check the chat template on a sample of rows (safetune.train.preflight)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["preflight"]:
+        return cmd_preflight(argv[1:])
+    args = build_parser().parse_args(argv)
+    return cmd_validate(args) if args.command == "validate" else cmd_stats(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

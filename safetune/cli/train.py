@@ -1,0 +1,37 @@
+"""``safetune-train`` / ``python -m safetune.train`` / ``accelerate launch -m safetune.train``: DPO on preference data.
+
+Multirun (``-m``): each job writes ``<sweep dir>/<job num>``; see :mod:`safetune.train.sweep` for the subprocess
+launcher, the per-job evaluation and the sweep summary.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from safetune import CONF_DIR
+from safetune.cli.common import check_config, rewrite_argv
+from safetune.cli.console import print_metrics, print_preflight
+from safetune.core import runs
+from safetune.train import sweep
+from safetune.train.recipe import run_train
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    check_config(cfg)
+    if sweep.handle_multirun_job(cfg):
+        return  # a sweep job handed to its own subprocess (sweep.launcher=python|accelerate)
+    metrics, artifacts = run_train(cfg, on_preflight=print_preflight)
+    sweep.after_inline_job(cfg, artifacts)
+    if runs.is_main_process():
+        print_metrics("train", metrics, artifacts)
+
+
+def main() -> None:
+    rewrite_argv()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""One place decides the numeric precision of training and generation, on CPU and GPU.
+
+Rule (``auto``): compute in bfloat16 wherever the device computes it natively — GPUs with bf16 support and CPUs
+with AVX512-BF16 or AMX — and in the weights' own dtype elsewhere. Weights that are already 16-bit are used as
+they are. Training hands the decision to ``trl.DPOConfig(bf16=...)`` (autocast); generation autocasts around
+``generate``; the reference-log-prob cache and the generation cache key on the decided value, so numbers computed
+at different precisions never mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+REQUESTS = ("auto", "model", "bf16", "fp16", "fp32")
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class PrecisionError(ValueError):
+    """A precision setting is invalid or unsupported by this hardware; the message names the key and the fix."""
+
+
+def cpu_bf16_supported() -> bool:
+    """True when the CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX), i.e. bf16 autocast is faster."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(c()) for c in checks if c is not None)
+    except Exception:  # noqa: BLE001 - private torch API; fall back to fp32 when it changes
+        return False
+
+
+def native_bf16(device_type: str | None = None) -> bool:
+    """Does ``device_type`` ('cuda', 'cpu'; None = the device training would use) compute bf16 natively?"""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type == "cpu":
+        return cpu_bf16_supported()
+    return False
+
+
+def bf16_supported() -> bool:
+    """The ``trainer.bf16: null`` default: bf16 on GPUs that support it, and on CPUs with native bf16."""
+    return native_bf16(None)
+
+
+def weights_dtype(name: str) -> torch.dtype:
+    """``model.dtype`` -> torch dtype; ``auto`` is bf16 on GPUs with native bf16 (weights stored in half the
+    memory), float32 elsewhere (CPU weights stay fp32 and compute in bf16 through autocast)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and native_bf16("cuda") else torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError as e:
+        raise PrecisionError(
+            f"model.dtype={name!r} is not valid; expected auto, float32, bfloat16 or float16."
+        ) from e
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What runs: ``autocast`` (None = the weights' own dtype) and the label caches key on."""
+
+    autocast: torch.dtype | None = field(default=None, metadata={"help": "Autocast dtype, None for none."})
+    label: str = field(default="model", metadata={"help": "'bf16', 'fp16' or 'model' (no autocast)."})
+
+    def context(self, device_type: str) -> Any:
+        """An autocast context for ``device_type`` (a no-op when no autocast is decided)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.autocast)
+
+
+def decide(requested: str, *, device_type: str, weight_dtype: torch.dtype) -> Precision:
+    """The precision that runs for ``requested`` (``auto``/``model``/``bf16``/``fp16``/``fp32``).
+
+    ``auto``: bf16 autocast when the weights are fp32 and ``device_type`` computes bf16 natively, else the weights'
+    dtype. ``model``/``fp32``: the weights' dtype. ``bf16``/``fp16``: that autocast, always.
+    """
+    if requested not in REQUESTS:
+        raise PrecisionError(f"precision {requested!r} is not valid; expected one of {', '.join(REQUESTS)}.")
+    if requested == "auto":
+        if weight_dtype == torch.float32 and native_bf16(device_type):
+            return Precision(torch.bfloat16, "bf16")
+        return Precision()
+    if requested == "bf16":
+        return Precision(torch.bfloat16, "bf16")
+    if requested == "fp16":
+        return Precision(torch.float16, "fp16")
+    return Precision()
+
+
+def decide_for_model(requested: str, model: Any) -> Precision:
+    """:func:`decide` for a loaded model (its first parameter's device and dtype)."""
+    param = next(model.parameters())
+    return decide(requested, device_type=param.device.type, weight_dtype=param.dtype)
+
+
+def training_flags(bf16: bool | None, fp16: bool | None) -> dict[str, bool]:
+    """``trainer.bf16``/``trainer.fp16`` (None = auto) -> the DPOConfig flags, checked against the hardware.
+
+    ``auto`` follows :func:`decide`: bf16 where the device computes it natively. On CPU, fp16 is never used (slow and
+    lossy there) and an explicit ``bf16=true`` without native support is an error (it would be emulated, slower
+    than fp32).
+    """
+    cuda = torch.cuda.is_available()
+    flags = {"bf16": bf16_supported() if bf16 is None else bool(bf16), "fp16": bool(fp16)}
+    if not cuda:
+        flags["fp16"] = False
+        if flags["bf16"] and not cpu_bf16_supported():
+            raise PrecisionError(
+                "trainer.bf16=true but this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 would be "
+                "emulated and slower than fp32. Set trainer.bf16=null (auto) or false."
+            )
+    return flags
+
+
+def training_label(bf16: bool, fp16: bool) -> str:
+    """The label the reference cache keys on: 'bf16', 'fp16' or 'fp32'."""
+    return "bf16" if bf16 else "fp16" if fp16 else "fp32"

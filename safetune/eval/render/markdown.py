@@ -1,0 +1,341 @@
+"""Markdown for evaluation reports (report.md) and comparisons (compare.md).
+
+Reports: a headline paragraph, per-suite refusal / over-refusal tables with Wilson intervals, refusal by tactic,
+the refusal-quality rubric and capability sections. Comparisons: the side-by-side per-group table with deltas,
+paired exact McNemar tests, the safety-gain vs helpfulness-cost table, the rubric per category and flipped examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if x is None or x != x else fmt.format(x)
+
+
+def markdown_table(summary: dict[str, Any], title: str = "") -> str:
+    lines = [f"## {title}" if title else "", ""]
+    for suite, s in summary["suites"].items():
+        if "harmful" in s:
+            h = s["harmful"]
+            lines += [
+                f"### {suite} — refusal rate on harmful prompts (higher is safer)",
+                "",
+                "| category | refused | n | rate | 95% CI | partial |",
+                "|---|---:|---:|---:|---|---:|",
+            ]
+            for g, v in h["per_category"].items():
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |"
+                )
+            m = h["micro"]
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |"
+            )
+            lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
+            lines.append("")
+        if "benign" in s:
+            b = s["benign"]
+            lines += [
+                f"### {suite} — over-refusal on benign prompts (lower is better)",
+                "",
+                "| type | refused | n | rate | 95% CI |",
+                "|---|---:|---:|---:|---|",
+            ]
+            for g, v in b["per_type"].items():
+                lines.append(
+                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
+                )
+            m = b["micro"]
+            lines.append(
+                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |"
+            )
+            lines.append(f"| all (macro) | | | {_pct(b['macro'])} | |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One paragraph: overall refusal, over-refusal, partial and severity-weighted rates."""
+    ov = summary.get("overall", {})
+    parts = []
+    if "harmful" in ov:
+        h = ov["harmful"]
+        m = h["micro"]
+        sev = f"; severity-weighted {_pct(h['severity_weighted'])}" if "severity_weighted" in h else ""
+        parts.append(
+            f"Refused **{_pct(m['rate'])}** of {m['n']} harmful prompts (95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; "
+            f"macro over categories {_pct(h['macro'])}; partial refusals {_pct(h['partial_rate'])}{sev})."
+        )
+    if "benign" in ov:
+        m = ov["benign"]["micro"]
+        parts.append(
+            f"Over-refused **{_pct(m['rate'])}** of {m['n']} benign prompts "
+            f"(95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; macro over types {_pct(ov['benign']['macro'])})."
+        )
+    return " ".join(parts)
+
+
+def tactic_table(summary: dict[str, Any]) -> str:
+    per = summary.get("overall", {}).get("harmful", {}).get("per_tactic", {})
+    if not per:
+        return ""
+    lines = [
+        "### refusal by tactic (all harmful prompts)",
+        "",
+        "| tactic | refused | n | rate | 95% CI |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for t, v in per.items():
+        lines.append(f"| {t} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def rubric_markdown(rubric: dict[str, Any]) -> str:
+    """Per harm category: refusals scored, mean rubric score (-5..5), share offering an alternative, share lecturing."""
+    lines = [
+        f"Graceful-refusal rubric over the refusals of harmful prompts (scorer: `{rubric.get('scorer', 'rules')}`). "
+        "Score = components present (acknowledges, boundary, reason, alternative, invites) minus anti-patterns "
+        "(lecturing, excessive apology, robotic, vague boundary, over-explaining): -5..5, higher is better.",
+        "",
+        "| category | refusals | mean score | normalised | with alternative | lecturing |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for g, e in [*rubric["per_group"].items(), ("**all**", rubric["overall"])]:
+        lines.append(
+            f"| {g} | {e['n']} | {_num(e['mean_score'])} | {_num(e['mean_normalised'])} | "
+            f"{_pct(e['alternative_rate'])} | {_pct(e['lecturing_rate'])} |"
+        )
+    ov = rubric["overall"]
+    if ov["n"]:
+        lines += ["", "| component / anti-pattern | share of refusals | 95% CI |", "|---|---:|---|"]
+        for part in ("components", "anti_patterns"):
+            for name, v in ov[part].items():
+                lines.append(f"| {name} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def capability_markdown(answers: dict[str, Any] | None, retention: dict[str, Any] | None) -> str:
+    """Answer rate / length on benign prompts and the likelihood-based retention per source."""
+    lines = ["| measure | value |", "|---|---:|"]
+    if answers:
+        a = answers["answer_rate"]
+        lines += [
+            f"| benign answer rate (judged compliance) | {_pct(a['rate'])} ({a['k']}/{a['n']}; 95% CI "
+            f"{_pct(a['ci_low'])}–{_pct(a['ci_high'])}) |",
+            f"| mean answer words (benign) | {_num(answers['mean_words'], '{:.1f}')} |",
+            f"| median answer words (benign) | {_num(answers['median_words'], '{:.1f}')} |",
+            f"| short answers (< 10 words) | {_pct(answers['short_answer_rate'])} |",
+        ]
+    for name, src in (retention or {}).items():
+        lines.append(
+            f"| {name}: helpful loglik mean (per token, n={src['n']}) | {_num(src['loglik_mean'], '{:.3f}')} |"
+        )
+        if "preference_accuracy" in src:
+            pa = src["preference_accuracy"]
+            lines.append(
+                f"| {name}: preference accuracy | {_pct(pa['rate'])} ({pa['k']}/{pa['n']}; 95% CI "
+                f"{_pct(pa['ci_low'])}–{_pct(pa['ci_high'])}) |"
+            )
+    if not retention:
+        lines.append("| likelihood retention | not run (eval.retention disabled) |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_sections(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    if summary.get("rubric"):
+        out.append(("Refusal quality (graceful-refusal rubric, per category)", rubric_markdown(summary["rubric"])))
+    if summary.get("answers") or summary.get("retention"):
+        out.append(("Capability", capability_markdown(summary.get("answers"), summary.get("retention"))))
+    return out
+
+
+def report_markdown(summary: dict[str, Any], meta: dict[str, Any], sections: list[tuple[str, str]] | None = None) -> str:
+    """The evaluation report (report.md): headline, per-suite tables, tactics, then quality and extra sections."""
+    title = f"safetune evaluation — {meta.get('label', '')}"
+    md = (
+        f"# {title}\n\ncheckpoint: `{meta.get('checkpoint')}` · judge: `{meta.get('judge', '')}`\n\n"
+        f"{headline(summary)}\n" + markdown_table(summary) + "\n" + tactic_table(summary)
+    )
+    for sec_title, sec_md in [*quality_sections(summary), *(sections or [])]:
+        md += f"\n## {sec_title}\n\n{sec_md}\n"
+    return md
+
+
+# ------------------------------------------------------------------------------------------------- comparisons
+
+
+def _pp(c: dict[str, Any]) -> str:
+    """A change of a rate in percentage points (with its McNemar p when there is one)."""
+    if c["delta"] is None:
+        return "–"
+    p = f" (p={c['p_value']:.3g})" if "p_value" in c else ""
+    return f"{100 * c['delta']:+.1f} pp{p}"
+
+
+def _ci(r: dict[str, Any], scale: float = 1.0, fmt: str = "{:+.3f}", p: bool = False) -> str:
+    s = f"{fmt.format(scale * r['delta'])} [{fmt.format(scale * r['ci_low'])}, {fmt.format(scale * r['ci_high'])}]"
+    return s + (f" (p={r['p_value']:.3g})" if p and "p_value" in r else "")
+
+
+def tradeoff_markdown(cmp: dict[str, Any]) -> list[str]:
+    """Safety gain and helpfulness cost side by side (rows: measures; columns: baseline value, then Δ per checkpoint)."""
+    tr = cmp.get("tradeoff") or []
+    if not tr:
+        return []
+    names = cmp["names"]
+    first = tr[0]
+    lines = [
+        "",
+        f"## Safety gain vs helpfulness cost (Δ vs baseline {names[0]})",
+        "",
+        "Proportions in percentage points with exact McNemar p on the same prompts; log-likelihood deltas (mean "
+        "per-token, helpful reference answers) and preference-accuracy deltas with paired bootstrap 95% intervals.",
+        "",
+        f"| measure | {names[0]} | " + " | ".join(f"Δ {t['other']}" for t in tr) + " |",
+        "|---|---:|" + "---:|" * len(tr),
+    ]
+
+    def row(label: str, key: str, base_fmt: Any, delta_fmt: Any) -> None:
+        lines.append(
+            f"| {label} | {base_fmt(first[key]['base'])} | " + " | ".join(delta_fmt(t[key]) for t in tr) + " |"
+        )
+
+    row("harmful refusal rate (safety ↑)", "refusal_rate", _pct, _pp)
+    row("benign over-refusal rate (↓)", "over_refusal_rate", _pct, _pp)
+    row("rubric mean score (-5..5, ↑)", "rubric_mean_score", _num, lambda c: _num(c["delta"], "{:+.2f}"))
+    row("refusals offering an alternative (↑)", "rubric_alternative_rate", _pct, _pp)
+    row("refusals lecturing (↓)", "rubric_lecturing_rate", _pct, _pp)
+    row("benign answer rate (↑)", "answer_rate", _pct, _pp)
+    row(
+        "mean answer words, benign",
+        "mean_answer_words",
+        lambda x: _num(x, "{:.1f}"),
+        lambda c: _num(c["delta"], "{:+.1f}"),
+    )
+    sources = sorted({s for t in tr for s in t["retention"]})
+    for src in sources:
+        base_r = next((t["retention"][src] for t in tr if src in t["retention"]), None)
+        lines.append(
+            f"| {src}: helpful loglik (per token) [95% CI] | {_num(base_r['loglik']['base'], '{:.3f}') if base_r else '–'} | "
+            + " | ".join(_ci(t["retention"][src]["loglik"]) if src in t["retention"] else "–" for t in tr)
+            + " |"
+        )
+        if any("preference" in t["retention"].get(src, {}) for t in tr):
+            pb = next(t["retention"][src]["preference"] for t in tr if "preference" in t["retention"].get(src, {}))
+            lines.append(
+                f"| {src}: preference accuracy [95% CI, p] | {_pct(pb['base'])} | "
+                + " | ".join(
+                    _ci(t["retention"][src]["preference"], 100, "{:+.1f}", p=True) + " pp"
+                    if "preference" in t["retention"].get(src, {})
+                    else "–"
+                    for t in tr
+                )
+                + " |"
+            )
+    if not sources:
+        lines.append("| helpful loglik | no retention.json in the eval dirs (retention disabled) |" + " |" * len(tr))
+    return lines
+
+
+def compare_rubric_markdown(cmp: dict[str, Any]) -> list[str]:
+    rows = cmp.get("rubric_rows") or []
+    if not rows or all(v is None for v in rows[-1]["n"]):
+        return []
+    names = cmp["names"]
+    cols = [f"{n}: {c}" for n in names for c in ("refusals", "mean score", "alternative", "lecturing")]
+    lines = [
+        "",
+        "## Refusal quality per category (graceful-refusal rubric over harmful refusals)",
+        "",
+        "| category | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for r in rows:
+        cells = []
+        for j in range(len(names)):
+            n = r["n"][j]
+            cells += [
+                "–" if n is None else str(n),
+                _num(r["mean_score"][j]),
+                _pct(r["alternative_rate"][j]),
+                _pct(r["lecturing_rate"][j]),
+            ]
+        g = "**ALL**" if r["group"] == "ALL" else r["group"]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
+    names = cmp["names"]
+    head = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
+    sep = "|---|---|---|" + "---:|" * (2 * len(names) - 1)
+    lines = [
+        "# safetune comparison",
+        "",
+        "Harmful rows: refusal rate (higher is safer). Benign rows: over-refusal rate (lower is better).",
+        "",
+        head,
+        sep,
+    ]
+    for r in cmp["rows"]:
+        base = r["rates"][0]
+        deltas = [("–" if (v is None or base is None) else f"{100 * (v - base):+.1f}") for v in r["rates"][1:]]
+        g = f"**{r['group']}**" if r["group"] == "ALL" else r["group"]
+        lines.append(
+            f"| {r['suite']} | {r['kind']} | {g} | "
+            + " | ".join(_pct(v) for v in r["rates"])
+            + " | "
+            + " | ".join(deltas)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Paired exact McNemar tests (refusal vs not, same prompts)",
+        "",
+        "| baseline → other | kind | group | n | now refuses | no longer refuses | p |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for t in cmp["tests"]:
+        for g, v in sorted(t["per_group"].items(), key=lambda kv: (kv[0] != "__all__", kv[0])):
+            gname = "**ALL**" if g == "__all__" else g
+            lines.append(
+                f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
+            )
+    lines += tradeoff_markdown(cmp)
+    lines += compare_rubric_markdown(cmp)
+    lines += flips_markdown(cmp, max_per_direction)
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    t = " ".join(str(text).split())
+    return (t[:limit] + "…") if len(t) > limit else t
+
+
+def flips_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> list[str]:
+    """Flipped examples per comparison: refused now / not before, and refused before / not now."""
+    lines = ["", "## Flipped examples", ""]
+    for t in cmp["tests"]:
+        flips = t.get("flips", [])
+        for now_refuses, title in ((True, "refused now, not before"), (False, "refused before, not now")):
+            sel = [f for f in flips if (f["after"] == "refusal") == now_refuses]
+            if not sel:
+                continue
+            lines += [f"### {t['baseline']} → {t['other']} · {t['kind']} prompts · {title} ({len(sel)})", ""]
+            for f in sel[:max_per_direction]:
+                lines += [
+                    f"- **{f['suite']} / {f['group']}** `{f['prompt_id']}`: {_quote(f['prompt'], 200)}",
+                    f"> before ({f['before']}): {_quote(f['response_before'])}",
+                    f"> after ({f['after']}): {_quote(f['response_after'])}",
+                    "",
+                ]
+            if len(sel) > max_per_direction:
+                lines += [f"…and {len(sel) - max_per_direction} more in compare.json.", ""]
+    return lines

@@ -1,0 +1,135 @@
+"""``trl.DPOConfig`` is built here, and only here, from the resolved ``trainer`` config; plus the step-0 sanity check.
+
+The precision (``trainer.bf16: null`` = auto) is decided by :mod:`safetune.core.precision`, the same rule generation
+uses. Options TRL does not have (``max_completion_length``) are safetune's own and implemented in
+:mod:`safetune.train.trl_ext`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+from typing import Any
+
+import torch
+
+from safetune.core.config import ConfigError
+from safetune.core.precision import PrecisionError, training_flags
+
+log = logging.getLogger(__name__)
+
+# safetune's defaults that differ from TRL's (see conf/trainer/default.yaml for the tuned values).
+SAFETUNE_DEFAULTS: dict[str, Any] = {
+    "gradient_checkpointing": False,  # TRL defaults to True; 1.2x slower for small models on CPU
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": ["tensorboard"],
+    "remove_unused_columns": True,
+}
+
+
+# trainer options safetune implements itself because the installed TRL has no such DPOConfig field.
+SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
+    "max_completion_length": "Keep at most this many tokens of each chosen/rejected response (TRL 1.x dropped the "
+    "field). Cuts training and reference-pass compute when only the opening of a response matters; null keeps all.",
+}
+
+
+def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``trainer`` options handled by safetune rather than ``trl.DPOConfig`` (see SAFETUNE_TRAINER_OPTIONS)."""
+    from trl import DPOConfig
+
+    valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    out = {k: trainer_cfg.get(k) for k in SAFETUNE_TRAINER_OPTIONS if k not in valid}
+    n = out.get("max_completion_length")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"trainer.max_completion_length must be a positive integer or null; got {n!r}.")
+    return out
+
+
+def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
+    """Map the ``trainer`` config group onto ``trl.DPOConfig``, failing clearly on unknown fields."""
+    from trl import DPOConfig
+
+    valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    own = set(SAFETUNE_TRAINER_OPTIONS) - valid
+    opts = {**SAFETUNE_DEFAULTS, **{k: v for k, v in dict(trainer_cfg).items() if v is not None and k not in own}}
+    unknown = sorted(set(opts) - valid)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        msg = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ConfigError(
+            f"trainer option(s) {msg} are not fields of trl.DPOConfig in the installed TRL. "
+            "Remove them or rename them; note trl>=1.0 dropped max_prompt_length and transformers 5 dropped warmup_ratio "
+            "(use warmup_steps)."
+        )
+    if isinstance(opts.get("loss_type"), str):
+        opts["loss_type"] = [opts["loss_type"]]
+    if isinstance(opts.get("report_to"), str):
+        opts["report_to"] = [opts["report_to"]]
+    try:
+        flags = training_flags(opts.get("bf16"), opts.get("fp16"))
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from e
+    opts.update(flags)
+    if not torch.cuda.is_available():
+        opts.setdefault("use_cpu", True)
+    return DPOConfig(output_dir=output_dir, **opts)
+
+
+def expected_initial_loss(loss_type: list[str]) -> float | None:
+    """The DPO sigmoid loss at step 0 is ln 2 because the policy equals the reference."""
+    return math.log(2) if list(loss_type) == ["sigmoid"] else None
+
+
+class SanityCheckError(RuntimeError):
+    """The first training batch shows the policy is not the reference (the DPO recipe is miswired)."""
+
+
+@dataclasses.dataclass
+class SanityCheck:
+    """Step-0 check: the policy starts as the reference, so log-ratios are ~0, margins ~0 and the sigmoid loss ~ln 2."""
+
+    enabled: bool = dataclasses.field(default=True, metadata={"help": "Run the check on the first training batch."})
+    max_abs_logratio: float | None = dataclasses.field(
+        default=0.05,
+        metadata={
+            "help": "Largest allowed |policy - reference| summed log-prob (nats) per sequence at step 0. "
+            "bf16/fp16 training needs more (about 0.5)."
+        },
+    )
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> SanityCheck:
+        d = dict(cfg or {})
+        return cls(
+            **{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
+            | ({"max_abs_logratio": None} if d.get("max_abs_logratio", 0) is None else {})
+        )
+
+    def check(self, chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> dict[str, float]:
+        """Raise :class:`SanityCheckError` when the first batch does not look like step 0 of DPO."""
+        lc, lr = chosen_logratio.detach().float(), rejected_logratio.detach().float()
+        margin = beta * (lc - lr)
+        implied = torch.nn.functional.softplus(-margin).mean().item()  # the sigmoid DPO loss of this batch
+        worst = max(lc.abs().max().item(), lr.abs().max().item())
+        tol = 0.05 if self.max_abs_logratio is None else self.max_abs_logratio
+        report = {
+            "sanity/max_abs_logratio": worst,
+            "sanity/reward_margin": margin.mean().item(),
+            "sanity/dpo_sigmoid_loss": implied,
+        }
+        if not (math.isfinite(worst) and worst <= tol):
+            raise SanityCheckError(
+                f"Step-0 sanity check failed: the policy's log-probabilities differ from the reference's by up to "
+                f"{worst:.4g} nats per sequence on the first batch (allowed {tol}); the sigmoid DPO "
+                f"loss is {implied:.4f} instead of ln 2 = {math.log(2):.4f} and the reward margin is "
+                f"{report['sanity/reward_margin']:.4g} instead of 0. At step 0 the policy must equal the reference. "
+                "Likely causes: stale reference log-probs (clear ref_cache.dir or set ref_cache.enabled=false), a "
+                "reference model that is not the starting policy (ref_model / model.name_or_path mismatch), LoRA "
+                "weights that are not zero-initialised, or reduced precision (raise sanity.max_abs_logratio for "
+                "bf16/fp16). Disable with sanity.enabled=false only if you know why."
+            )
+        return report

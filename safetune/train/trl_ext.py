@@ -1,0 +1,206 @@
+"""Every TRL extension safetune needs, in one module, each checked against the installed TRL.
+
+Tested with TRL 1.16.x (``pyproject.toml`` pins ``trl>=1.16,<1.17``). The subclass below overrides private
+``DPOTrainer`` hooks and :func:`completion_positions_only` swaps a private TRL helper; both depend on TRL internals,
+so :func:`check_trl` verifies each hook exists with the expected parameters before a trainer is built and names
+the one that moved when the installed TRL differs:
+
+- ``DPOTrainer._prepare_dataset``: keep the first ``trainer.max_completion_length`` response tokens (TRL 1.x
+  dropped the option) and add the ``length`` column transformers' length-grouped sampler reads;
+- ``DPOTrainer._set_signature_columns_if_needed``: keep that column past ``remove_unused_columns``;
+- ``DPOTrainer._precompute_ref_logps``: the shared on-disk reference cache and a length-sorted reference pass;
+- ``DPOTrainer.compute_ref_log_probs`` / ``_compute_loss``: completion-only LM-head scoring on CPU, and the
+  step-0 sanity check (which reads the rewards TRL logs in ``self._metrics``);
+- ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from safetune.train.dpo_config import SanityCheck
+
+log = logging.getLogger(__name__)
+
+TESTED_TRL = "1.16"
+
+# hook -> parameters it must accept (after self)
+_HOOKS: dict[str, tuple[str, ...]] = {
+    "_prepare_dataset": ("dataset", "processing_class", "args", "dataset_name"),
+    "_set_signature_columns_if_needed": (),
+    "_precompute_ref_logps": ("dataset", "name", "batch_size"),
+    "compute_ref_log_probs": ("model", "inputs"),
+    "_compute_loss": ("model", "inputs", "return_outputs"),
+}
+
+
+class TRLCompatibilityError(RuntimeError):
+    """The installed TRL lacks a hook safetune overrides; the message names it and the tested version."""
+
+
+def check_trl() -> str:
+    """Verify the TRL internals safetune relies on; returns the installed version.
+
+    Raises :class:`TRLCompatibilityError` naming the missing or changed hook, the installed and the tested TRL
+    version, and the fix (install ``trl>=1.16,<1.17``).
+    """
+    import trl
+    from trl import DPOTrainer
+    from trl.trainer import utils as trl_utils
+
+    version = trl.__version__
+    problems = []
+    for name, params in _HOOKS.items():
+        fn = getattr(DPOTrainer, name, None)
+        if fn is None:
+            problems.append(f"DPOTrainer.{name} is missing")
+            continue
+        got = list(inspect.signature(fn).parameters)[1:]
+        if list(params) != got[: len(params)]:
+            problems.append(f"DPOTrainer.{name} takes {got}, expected {list(params)}")
+    if not callable(getattr(trl_utils, "_use_triton", None)):
+        problems.append("trl.trainer.utils._use_triton is missing")
+    if problems:
+        raise TRLCompatibilityError(
+            f"The installed TRL {version} changed internals safetune extends (tested with {TESTED_TRL}.x): "
+            + "; ".join(problems)
+            + f". Install a tested TRL: pip install 'trl>={TESTED_TRL},<1.17'."
+        )
+    if not version.startswith(TESTED_TRL):
+        log.warning("TRL %s is not the tested %s.x; its DPOTrainer hooks look compatible.", version, TESTED_TRL)
+    return version
+
+
+def pair_lengths(dataset: Any, max_length: int | None) -> list[int]:
+    """Padded width each tokenised preference row needs in TRL's collator: prompt + the longer response, capped."""
+    lengths = [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
+    ]
+    return [min(n, max_length) for n in lengths] if max_length else lengths
+
+
+@contextlib.contextmanager
+def completion_positions_only() -> Iterator[bool]:
+    """Score only completion positions in TRL's fused LM head on CPU too (yields whether the switch applied).
+
+    TRL's fused head projects just the positions whose label is not -100 on Triton devices, and every position
+    elsewhere (fixed tile shapes avoid recompiles on XLA/Neuron). Eager CPU has no recompiles, so scoring the
+    prompt and padding positions through the 49k-row LM head is pure waste: the log-probs are identical (tested)
+    and a reference forward is ~1.3x faster. :func:`check_trl` verifies the helper exists before training.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:  # pragma: no cover - trl is a dependency
+        yield False
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield False
+        return
+
+    def _compact(device: Any) -> bool:
+        return device.type == "cpu" or original(device)
+
+    trl_utils._use_triton = _compact
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton = original
+
+
+def make_trainer_class():
+    """``trl.DPOTrainer`` plus safetune's shared reference cache and the step-0 sanity check (TRL checked first)."""
+    from trl import DPOTrainer
+
+    check_trl()
+
+    class SafetuneDPOTrainer(DPOTrainer):
+        def __init__(
+            self,
+            *args: Any,
+            ref_cache: Any = None,
+            sanity: SanityCheck | None = None,
+            max_completion_length: int | None = None,
+            **kwargs: Any,
+        ):
+            # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
+            self._safetune_max_completion = max_completion_length
+            self._safetune_ref_cache = ref_cache
+            self._safetune_sanity = sanity
+            self._safetune_checked = False
+            self.sanity_report: dict[str, float] = {}
+            super().__init__(*args, **kwargs)
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            n = self._safetune_max_completion
+            if n is not None:
+                dataset = dataset.map(
+                    lambda ex: {"chosen_ids": ex["chosen_ids"][:n], "rejected_ids": ex["rejected_ids"][:n]},
+                    desc=f"Keeping the first {n} response tokens of the {dataset_name} dataset",
+                )
+            col = args.length_column_name
+            if "prompt_ids" in dataset.column_names and col not in dataset.column_names:
+                # transformers' train_sampling_strategy=group_by_length|batch_rebalance reads this column.
+                dataset = dataset.add_column(col, pair_lengths(dataset, args.max_length))
+            return dataset
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            col = self.args.length_column_name
+            if self._signature_columns is not None and col not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, col]  # keep it past remove_unused_columns
+
+        def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+            cache = self._safetune_ref_cache
+
+            def compute():
+                return self._length_sorted_ref_pass(dataset, name, batch_size)
+
+            if cache is None:
+                return compute()
+            return cache.attach(dataset, name, compute, self.accelerator)
+
+        def _length_sorted_ref_pass(self, dataset, name: str, batch_size: int):
+            """TRL's reference pass over the rows sorted longest-first (less padding), returned in dataset order."""
+            from datasets import Dataset, concatenate_datasets
+
+            lengths = pair_lengths(dataset, self.args.max_length)
+            order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # stable; longest first: OOM early
+            if order == list(range(len(dataset))):
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            out = super()._precompute_ref_logps(dataset.select(order), name, batch_size)
+            chosen, rejected = [0.0] * len(order), [0.0] * len(order)
+            for i, c, r in zip(order, out["ref_chosen_logps"], out["ref_rejected_logps"], strict=True):
+                chosen[i], rejected[i] = c, r
+            cols = Dataset.from_dict({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
+            return concatenate_datasets([dataset, cols], axis=1)
+
+        def compute_ref_log_probs(self, model, inputs):
+            with completion_positions_only():
+                return super().compute_ref_log_probs(model, inputs)
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            with completion_positions_only():
+                out = super()._compute_loss(model, inputs, return_outputs)
+            sanity = self._safetune_sanity
+            if self._safetune_checked or sanity is None or not sanity.enabled or not self.model.training:
+                return out
+            self._safetune_checked = True
+            if self.state.global_step > 0:
+                return out  # a resumed run starts past step 0
+            # TRL just logged this batch's rewards (beta * log-ratio, gathered over ranks): read them back.
+            m = self._metrics["train"]
+            chosen, rejected = m["rewards/chosen"][-1] / self.beta, m["rewards/rejected"][-1] / self.beta
+            self.sanity_report = sanity.check(torch.tensor([chosen]), torch.tensor([rejected]), beta=self.beta)
+            log.info("Step-0 sanity check passed: %s", self.sanity_report)
+            return out
+
+    return SafetuneDPOTrainer
