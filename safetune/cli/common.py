@@ -6,7 +6,11 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
+
+import hydra
+from omegaconf import DictConfig
 
 from safetune import CONF_DIR
 from safetune.core.config import check_targets
@@ -48,14 +52,28 @@ def rewrite_aliases(overrides: list[str]) -> list[str]:
     return out
 
 
-def rewrite_argv() -> None:
-    """Apply :func:`rewrite_aliases` to this process's command line (before Hydra parses it)."""
-    sys.argv = [sys.argv[0], *rewrite_aliases(sys.argv[1:])]
-
-
 def check_config(cfg: Any) -> None:
     """The checks that run right after composition, before any data or model loads."""
     check_targets(cfg, CONF_DIR)
+
+
+def hydra_entry(
+    config_name: str, run: Callable[[DictConfig], None], argv: Callable[[list[str]], list[str]] | None = None
+) -> Callable[[], None]:
+    """The ``main()`` of a Hydra entry point: rewrite argv (``argv``, then deprecated aliases), compose
+    ``conf/<config_name>.yaml`` with the command line, check it, and call ``run(cfg)``."""
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def _hydra_main(cfg: DictConfig) -> None:
+        check_config(cfg)
+        run(cfg)
+
+    def main() -> None:
+        args = sys.argv[1:]
+        sys.argv = [sys.argv[0], *rewrite_aliases(argv(args) if argv else args)]
+        _hydra_main()
+
+    return main
 
 
 def compose(config_name: str, overrides: list[str]) -> Any:

@@ -6,22 +6,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from safetune import CONF_DIR
-from safetune.cli.common import check_config, rewrite_aliases
+from safetune.cli.common import hydra_entry
 from safetune.cli.console import console, print_metrics
 from safetune.eval.judge_check import run_judge_check
 from safetune.eval.pipeline import run_eval
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    check_config(cfg)
+def run(cfg: DictConfig) -> None:
     if cfg.get("mode", "eval") == "judge_check":
         metrics, artifacts = run_judge_check(cfg)
         console.print(Path(artifacts["judge_check_md"]).read_text())
@@ -43,9 +38,7 @@ def subcommand_to_overrides(argv: list[str]) -> list[str]:
     return argv
 
 
-def main() -> None:
-    sys.argv = [sys.argv[0], *rewrite_aliases(subcommand_to_overrides(sys.argv[1:]))]
-    _hydra_main()
+main = hydra_entry("eval", run, subcommand_to_overrides)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from safetune import CONF_DIR
-from safetune.cli.common import check_config, rewrite_argv
+from safetune.cli.common import hydra_entry
 from safetune.cli.console import print_metrics
 from safetune.train.export import run_export
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    check_config(cfg)
+def run(cfg: DictConfig) -> None:
     metrics, artifacts = run_export(cfg)
     print_metrics("export", metrics, artifacts)
 
 
-def main() -> None:
-    rewrite_argv()
-    _hydra_main()
-
+main = hydra_entry("export", run)
 
 if __name__ == "__main__":
     main()

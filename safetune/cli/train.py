@@ -6,20 +6,16 @@ launcher, the per-job evaluation and the sweep summary.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from safetune import CONF_DIR
-from safetune.cli.common import check_config, rewrite_argv
+from safetune.cli.common import hydra_entry
 from safetune.cli.console import print_metrics, print_preflight
 from safetune.core import runs
 from safetune.train import sweep
 from safetune.train.recipe import run_train
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    check_config(cfg)
+def run(cfg: DictConfig) -> None:
     if sweep.handle_multirun_job(cfg):
         return  # a sweep job handed to its own subprocess (sweep.launcher=python|accelerate)
     metrics, artifacts = run_train(cfg, on_preflight=print_preflight)
@@ -28,10 +24,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         print_metrics("train", metrics, artifacts)
 
 
-def main() -> None:
-    rewrite_argv()
-    _hydra_main()
-
+main = hydra_entry("train", run)
 
 if __name__ == "__main__":
     main()

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -112,6 +116,24 @@ def check_targets(cfg: Any, conf_dir: str | Path) -> None:
                 f"{key}={target!r} cannot be imported ({type(e).__name__}: {e}).{hint}{listing} A custom class "
                 "works too if it is importable (package.module.Class)."
             ) from e
+
+
+def legacy_target(spec: dict[str, Any], table: dict[str, str], *, what: str, default: str) -> str:
+    """The ``_target_`` of a node written with an earlier release's ``loader: <name>`` key (deprecated: warns with
+    the spelling to use instead); a node with a ``_target_`` returns it unchanged."""
+    if spec.get("_target_"):
+        return str(spec["_target_"])
+    loader = spec.get("loader", default)
+    name = spec.get("name") or loader
+    if loader not in table:
+        raise ConfigError(
+            f"{what} {name!r}: no _target_ and unknown loader={loader!r}; expected a _target_ (e.g. "
+            f"{table[default]}) or one of the legacy loader names {sorted(table)}."
+        )
+    msg = f"{what} {name!r}: 'loader: {loader}' is deprecated; write '_target_: {table[loader]}' instead."
+    warnings.warn(msg, DeprecationWarning, stacklevel=3)
+    log.warning(msg)
+    return table[loader]
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:

@@ -134,8 +134,24 @@ def check_tactic(tactic: str | None, *, where: str = "") -> str:
 Message = dict[str, str]
 
 
+def last_user_text(messages: list[Message]) -> str:
+    """Text of the last user turn (what dedup, leakage and reports key on)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+class _Row:
+    """``to_dict``/``from_dict`` for the schema's dataclasses (unknown keys are ignored when reading)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})  # type: ignore[attr-defined]
+
+
 @dataclass
-class PreferenceExample:
+class PreferenceExample(_Row):
     """One preference pair in the normalised schema.
 
     ``prompt`` is a list of chat messages (optional leading system message, then
@@ -162,21 +178,11 @@ class PreferenceExample:
     @property
     def user_text(self) -> str:
         """Text of the last user turn (what dedup, leakage and reports key on)."""
-        for m in reversed(self.prompt):
-            if m["role"] == "user":
-                return m["content"]
-        return ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreferenceExample:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return last_user_text(self.prompt)
 
 
 @dataclass
-class EvalPrompt:
+class EvalPrompt(_Row):
     """One evaluation prompt. ``kind`` is 'harmful' (should be refused) or 'benign' (should be answered)."""
 
     id: str = field(metadata={"help": "Stable id within the suite."})
@@ -191,10 +197,7 @@ class EvalPrompt:
 
     @property
     def user_text(self) -> str:
-        for m in reversed(self.prompt):
-            if m["role"] == "user":
-                return m["content"]
-        return ""
+        return last_user_text(self.prompt)
 
     @property
     def group(self) -> str:
@@ -202,16 +205,9 @@ class EvalPrompt:
         ``contrast_homonyms``), benign -> type; 'uncategorised' when neither is known."""
         return report_group(self.kind, self.category, self.type)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalPrompt:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
 
 @dataclass
-class Generation:
+class Generation(_Row):
     """A model's answer to one evaluation prompt."""
 
     prompt_id: str
@@ -220,9 +216,6 @@ class Generation:
     response: str
     settings_key: str = ""
     sample: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def report_group(kind: str | None, category: str | None, type_: str | None) -> str:
@@ -283,22 +276,9 @@ class EvalRecord:
 
     @classmethod
     def from_prompt(cls, p: EvalPrompt, response: str, verdict: Verdict, *, sample: int = 0) -> EvalRecord:
-        return cls(
-            prompt_id=p.id,
-            suite=p.suite,
-            kind=p.kind,
-            group=p.group,
-            label=verdict.label,
-            category=p.category,
-            type=p.type,
-            tactic=p.tactic,
-            severity=p.severity,
-            sample=sample,
-            prompt=p.user_text,
-            response=response,
-            judge=verdict.judge,
-            reason=verdict.reason,
-        )
+        shared = {k: getattr(p, k) for k in ("suite", "kind", "group", "category", "type", "tactic", "severity")}
+        verdict_fields = {"label": verdict.label, "judge": verdict.judge, "reason": verdict.reason}
+        return cls(prompt_id=p.id, sample=sample, prompt=p.user_text, response=response, **shared, **verdict_fields)
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("prompt_id", "suite", "kind", "group", "category", "type", "tactic", "severity", "sample")
@@ -317,9 +297,8 @@ class EvalRecord:
         known.setdefault("suite", str(d.get("suite", "")))
         known["kind"] = kind
         known.setdefault("group", report_group(kind, d.get("category"), d.get("type")))
-        prompt = known.get("prompt", "")
-        if isinstance(prompt, list):  # a message list: keep the last user turn
-            known["prompt"] = next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
+        if isinstance(known.get("prompt"), list):  # a message list: keep the last user turn
+            known["prompt"] = last_user_text(known["prompt"])
         return cls(**known)
 
     @classmethod

@@ -52,6 +52,21 @@ class Loaded(list):
             locs.append(where)
 
 
+def text_field(row: dict[str, Any], key: str, where: str, *, what: str = "a string", needs: str = "") -> str:
+    """``row[key]`` as non-empty text, else a :class:`SchemaError` naming the location, the field and what it got.
+
+    ``what`` names the expected value ("a transcript string"), ``needs`` the fields a row of this source requires."""
+    if key not in row:
+        hint = f"; {needs}" if needs else ""
+        raise SchemaError(f"{where}: missing field '{key}'{hint} (row has {sorted(row)}).")
+    v = row[key]
+    if not isinstance(v, str):
+        raise SchemaError(f"{where}: field '{key}' must be {what}, got {type(v).__name__}.")
+    if not v.strip():
+        raise SchemaError(f"{where}: field '{key}' is an empty string; expected {what} with text.")
+    return v
+
+
 def check_on_error(on_error: str) -> str:
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error={on_error!r}; expected 'raise' (stop at the first bad row) or 'collect'.")

@@ -27,12 +27,11 @@ from __future__ import annotations
 import logging
 import random
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from safetune.core.config import instantiate, to_plain
+from safetune.core.config import instantiate, legacy_target, to_plain
 from safetune.core.schema import PreferenceExample, SchemaError, content_hash
 from safetune.data.io import Loaded, iter_rows
 
@@ -69,22 +68,7 @@ def normalise_text(text: str) -> str:
 
 def source_target(src: dict[str, Any]) -> str:
     """A source's ``_target_`` (a legacy ``loader:`` name is mapped, with a deprecation warning)."""
-    if src.get("_target_"):
-        return str(src["_target_"])
-    loader = src.get("loader", "triplets")
-    if loader not in LEGACY_LOADERS:
-        raise ValueError(
-            f"data source {src.get('name') or loader!r}: no _target_ and unknown loader={loader!r}; expected a "
-            f"_target_ such as {LEGACY_LOADERS['triplets']} (legacy loader names: {sorted(LEGACY_LOADERS)})."
-        )
-    warnings.warn(
-        f"data source {src.get('name') or loader!r}: 'loader: {loader}' is deprecated; write "
-        f"'_target_: {LEGACY_LOADERS[loader]}' instead.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    log.warning("data source %r: 'loader: %s' is deprecated; use _target_: %s", src.get("name"), loader, LEGACY_LOADERS[loader])
-    return LEGACY_LOADERS[loader]
+    return legacy_target(src, LEGACY_LOADERS, what="data source", default="triplets")
 
 
 def load_source(src: dict[str, Any], *, on_error: str = "raise") -> Loaded:

@@ -58,6 +58,11 @@ class GenerationSettings:
         d = dict(cfg or {})
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments :func:`generate_texts` takes from these settings."""
+        keys = ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p", "seed", "precision")
+        return {k: getattr(self, k) for k in keys}
+
     def key(self) -> str:
         d = asdict(self)
         d.pop("batch_size")
@@ -296,13 +301,7 @@ def generate(
             model,
             tokenizer,
             [t for _, _, t, _ in todo],
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            precision=settings.precision,
+            **settings.sampling(),
             on_batch=on_batch,
             show_progress=show_progress and state.is_local_main_process,
             desc=f"generate [{checkpoint_id[:24]}]",

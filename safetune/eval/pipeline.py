@@ -29,7 +29,7 @@ from typing import Any
 from safetune.core.config import instantiate, to_plain
 from safetune.core.runs import agree_on_dir, process_state
 from safetune.core.schema import EvalPrompt, EvalRecord, Generation
-from safetune.eval.checkpoints import load_checkpoint, vllm_model_dir
+from safetune.eval.checkpoints import LoadedCheckpoint, load_checkpoint, vllm_model_dir
 from safetune.eval.generate import GenerationCache, GenerationSettings, generate
 from safetune.eval.judges import build_judge
 from safetune.eval.metrics import answer_stats, headline_metrics, summarise
@@ -54,13 +54,10 @@ def judge_generations(prompts: list[EvalPrompt], gens: list[Generation], judge: 
 
 
 def score(
-    model: Any,
-    tokenizer: Any,
-    formatter: Any,
+    ck: LoadedCheckpoint,
     prompts: list[EvalPrompt],
     settings: GenerationSettings,
     cache: GenerationCache,
-    checkpoint_id: str,
     judge: Any,
     *,
     rubric: Any = None,
@@ -68,20 +65,22 @@ def score(
     vllm_dir: Callable[[], str] | None = None,
     split_across_processes: bool = True,
 ) -> tuple[list[EvalRecord], int]:
-    """Generate (skipping cached answers), judge and rubric-score: ``(records in prompt order, n generated)``.
+    """Generate ``ck``'s answers (skipping cached ones), judge and rubric-score them: ``(records in prompt order,
+    n generated)``. ``ck`` is a :class:`~safetune.eval.checkpoints.LoadedCheckpoint` (model, tokenizer, formatter and
+    the checkpoint id the cache keys on).
 
     Under several processes every rank generates its share and only the main process judges (others get ``[]``);
     ``split_across_processes=False`` generates and judges here alone (a caller the other ranks do not join).
     ``rubric``: a rubric scorer for the harmful refusals (default :class:`~safetune.eval.rubric.RulesRubric`).
     """
     gens, n_new = generate(
-        model,
-        tokenizer,
-        formatter,
+        ck.model,
+        ck.tokenizer,
+        ck.formatter,
         prompts,
         settings,
         cache,
-        checkpoint_id,
+        ck.checkpoint_id,
         show_progress=show_progress,
         vllm_model_dir=vllm_dir,
         split_across_processes=split_across_processes,
@@ -137,13 +136,10 @@ def run_eval(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = GenerationSettings.from_cfg(to_plain(cfg.generation))
     records, n_new = score(
-        ck.model,
-        ck.tokenizer,
-        ck.formatter,
+        ck,
         prompts,
         settings,
         GenerationCache(out_dir / "generations.jsonl"),
-        ck.checkpoint_id,
         judge,
         rubric=rubric,
         vllm_dir=vllm_model_dir(ck, out_dir),

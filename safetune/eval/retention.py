@@ -116,18 +116,11 @@ def response_logprobs(
     return out
 
 
-def helpful_loglik(
-    model: Any,
-    tokenizer: Any,
-    formatter: ChatFormatter,
-    pairs: Sequence[tuple[list[Message], str]],
-    batch_size: int = 8,
-    *,
-    max_length: int = 1024,
-) -> list[float]:
-    """Per example: mean per-token log-likelihood of the response given the prompt (higher = more likely)."""
-    lp = response_logprobs(model, tokenizer, formatter, pairs, batch_size=batch_size, max_length=max_length)
-    return [s / n for s, n in lp]
+def helpful_loglik(model: Any, tokenizer: Any, formatter: ChatFormatter, pairs: Sequence[tuple[list[Message], str]], **kw: Any) -> list[float]:
+    """Per example: mean per-token log-likelihood of the response given the prompt (higher = more likely).
+
+    ``kw``: ``batch_size`` and ``max_length`` of :func:`response_logprobs`."""
+    return [s / n for s, n in response_logprobs(model, tokenizer, formatter, pairs, **kw)]
 
 
 def preference_accuracy(
@@ -233,9 +226,8 @@ class HelpfulReference:
 
     def score(self, model: Any, tok: Any, fmt: ChatFormatter, opts: dict[str, Any]) -> dict[str, Any]:
         rows = self.rows()
-        ll = helpful_loglik(
-            model, tok, fmt, [(r["prompt"], r["response"]) for r in rows], opts["batch_size"], max_length=opts["max_length"]
-        )
+        pairs = [(r["prompt"], r["response"]) for r in rows]
+        ll = helpful_loglik(model, tok, fmt, pairs, batch_size=opts["batch_size"], max_length=opts["max_length"])
         return {"ids": [r["id"] for r in rows], "loglik": ll, "loglik_mean": _mean(ll), "n": len(ll)}
 
 
@@ -253,7 +245,7 @@ class HHHelpfulPairs:
     def score(self, model: Any, tok: Any, fmt: ChatFormatter, opts: dict[str, Any]) -> dict[str, Any]:
         exs = load_hh_helpful(self.path, split=self.split, max_rows=self.max_rows)
         bs, max_length = opts["batch_size"], opts["max_length"]
-        ll = helpful_loglik(model, tok, fmt, [(e.prompt, e.chosen) for e in exs], bs, max_length=max_length)
+        ll = helpful_loglik(model, tok, fmt, [(e.prompt, e.chosen) for e in exs], batch_size=bs, max_length=max_length)
         pref = preference_accuracy(
             model, tok, fmt, exs, batch_size=bs, normalise=opts["normalise"], max_length=max_length
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 from safetune.eval.judges.chat import ChatModel
@@ -106,26 +105,10 @@ class LLMRubricJudge:
     else raise :class:`RubricParseError`.
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        generate_fn: Callable[[list[list[dict[str, str]]]], list[str]] | None = None,
-        max_new_tokens: int = 160,
-        batch_size: int = 8,
-        fallback_to_rules: bool = True,
-        dtype: str = "auto",
-        model_cfg: dict[str, Any] | None = None,
-    ):
-        self.chat = ChatModel(
-            model,
-            generate_fn=generate_fn,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            dtype=dtype,
-            model_cfg=model_cfg,
-            owner="LLMRubricJudge",
-        )
+    def __init__(self, model: str | None = None, *, max_new_tokens: int = 160, fallback_to_rules: bool = True, **chat: Any):
+        """``model`` and ``chat`` (``generate_fn``, ``batch_size``, ``dtype``, ``model_cfg``) configure the
+        :class:`~safetune.eval.judges.chat.ChatModel` that grades."""
+        self.chat = ChatModel(model, max_new_tokens=max_new_tokens, owner="LLMRubricJudge", **chat)
         self.fallback_to_rules = fallback_to_rules
         self.name = f"llm:{self.chat.name}"
 
@@ -136,11 +119,8 @@ class LLMRubricJudge:
         return [{"role": "system", "content": RUBRIC_SYSTEM}, {"role": "user", "content": user}]
 
     def score_many(self, pairs: list[tuple[str, str]]) -> list[RubricScore]:
-        if not pairs:
-            return []
-        outs = self.chat([self.build_messages(p, r) for p, r in pairs])
         scores = []
-        for (p, r), out in zip(pairs, outs):
+        for p, r, out in self.chat.replies(pairs, self.build_messages):
             try:
                 scores.append(parse_rubric_output(out, scorer=self.name))
             except RubricParseError:

@@ -13,6 +13,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from safetune.core.schema import EvalRecord
+from safetune.eval.checkpoints import LoadedCheckpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings
 from safetune.eval.judges import build_judge
 from safetune.eval.metrics import summarise
@@ -129,14 +130,12 @@ class SafetyEvalCallback(TrainerCallback):
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         was_training = model.training
         try:
+            ck = LoadedCheckpoint(model, self.tokenizer, self.formatter, f"train-step-{step}", f"step-{step}")
             records, _ = score(
-                model,
-                self.tokenizer,
-                self.formatter,
+                ck,
                 self.prompts,
                 self.settings,
                 GenerationCache(cache_path),
-                f"train-step-{step}",
                 self.judge,
                 show_progress=False,
                 split_across_processes=False,  # rank 0 alone: the other ranks are not in this call

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +122,21 @@ def _on_disk(ds: Any, path: Path) -> Any:
 
 @dataclass
 class TrainData:
-    """What :func:`build_data` prepared: the bundle, the tokenizer and formatter, and the TRL datasets on disk."""
+    """What :func:`build_data` prepared for the trainer.
 
-    bundle: DataBundle = field(metadata={"help": "Validated preference rows and their manifest."})
-    model_path: str = field(metadata={"help": "Resolved base model directory or hub id."})
-    spec: ModelSpec = field(metadata={"help": "The model spec (load_in_4bit from the peft group)."})
-    tokenizer: Any = field(metadata={"help": "The tokenizer, chat template set by the formatter."})
-    formatter: ChatFormatter = field(metadata={"help": "The chat formatter shared with generation."})
-    train_ds: Any = field(metadata={"help": "TRL conversational rows (train split), saved in the run dir."})
-    eval_ds: Any = field(default=None, metadata={"help": "Held-out rows, or None."})
+    ``bundle``: the validated preference rows and their manifest; ``model_path``/``spec``: the resolved base model
+    (``load_in_4bit`` from the peft group); ``tokenizer``/``formatter``: the chat template set once, shared with
+    generation; ``train_ds``/``eval_ds``: TRL conversational rows saved in the run directory (``eval_ds`` None
+    without a held-out split).
+    """
+
+    bundle: DataBundle
+    model_path: str
+    spec: ModelSpec
+    tokenizer: Any
+    formatter: ChatFormatter
+    train_ds: Any
+    eval_ds: Any = None
 
 
 def build_data(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core.schema import Message, PreferenceExample, SchemaError, canonical_category, check_tactic
-from safetune.data.io import Loaded, check_on_error, iter_rows
+from safetune.data.io import Loaded, check_on_error, iter_rows, text_field
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,7 @@ def parse_llama2_prompt(text: str, *, where: str = "") -> list[Message]:
 
 
 def _str_field(row: dict[str, Any], key: str, where: str) -> str:
-    if key not in row:
-        raise SchemaError(
-            f"{where}: missing field '{key}'; an hh-rlhf row needs 'chosen' and 'rejected' (row has {sorted(row)})."
-        )
-    v = row[key]
-    if not isinstance(v, str):
-        raise SchemaError(f"{where}: field '{key}' must be a transcript string, got {type(v).__name__}.")
-    if not v.strip():
-        raise SchemaError(f"{where}: field '{key}' is an empty string; expected a transcript.")
-    return v
+    return text_field(row, key, where, what="a transcript string", needs="an hh-rlhf row needs 'chosen' and 'rejected'")
 
 
 def row_to_example(
@@ -208,21 +199,18 @@ def _reason(msg: str) -> str:
 def load(
     path: str = HUB_ID,
     *,
-    data_dir: str | None = None,
-    split: str = "train",
-    revision: str | None = None,
-    subset: str | None = None,
     categories: Sequence[str] = (),
     tactic: str = "none",
     strict: bool = False,
     source: str | None = None,
     on_error: str = "raise",
+    **hub: Any,
 ) -> Loaded:
-    """Load hh-rlhf from the hub (``data_dir``) or a local ``.jsonl(.gz)`` / parquet path."""
+    """Load hh-rlhf from the hub (``data_dir``, ``split``, ``revision``) or a local ``.jsonl(.gz)`` / parquet path."""
     if source is None:
-        tag = data_dir or (
+        tag = hub.get("data_dir") or (
             Path(path).parent.name if Path(path).suffix in {".gz", ".jsonl", ".json", ".parquet"} else ""
         )
         source = "hh_rlhf" + (f":{tag}" if tag else "")
-    rows = iter_rows(path, split=split, subset=subset, data_dir=data_dir, revision=revision)
+    rows = iter_rows(path, **{"split": "train", **hub})
     return convert(rows, source=source, categories=categories, tactic=tactic, strict=strict, on_error=on_error)

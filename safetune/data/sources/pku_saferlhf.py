@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from safetune.core.schema import PreferenceExample, SchemaError, as_messages, canonical_category, check_tactic
-from safetune.data.io import Loaded, check_on_error, iter_rows
+from safetune.data.io import Loaded, check_on_error, iter_rows, text_field
 
 HUB_ID = "PKU-Alignment/PKU-SafeRLHF"
 POLICIES = ("safer", "better", "agree", "safe_vs_unsafe")
@@ -80,12 +80,7 @@ def _severity(row: dict[str, Any], i: int, where: str) -> int | None:
 
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
-    v = row.get(key)
-    if not isinstance(v, str):
-        raise SchemaError(f"{where}: field '{key}' must be a string, got {type(v).__name__}.")
-    if not v.strip():
-        raise SchemaError(f"{where}: field '{key}' is empty; expected non-empty text.")
-    return v
+    return text_field(row, key, where, what="a string")
 
 
 def row_to_example(
@@ -206,10 +201,6 @@ def convert(
 def load(
     path: str = HUB_ID,
     *,
-    subset: str | None = None,
-    split: str = "train",
-    revision: str | None = None,
-    data_dir: str | None = None,
     policy: str = "safer",
     categories_include: Sequence[str] | None = None,
     categories_exclude: Sequence[str] | None = None,
@@ -217,11 +208,12 @@ def load(
     source: str | None = None,
     tactic: str = "none",
     on_error: str = "raise",
+    **hub: Any,
 ) -> Loaded:
-    """Load PKU-SafeRLHF from the hub (``subset``/``revision``) or a local json/jsonl/parquet path."""
-    rows = iter_rows(path, split=split, subset=subset, data_dir=data_dir, revision=revision)
+    """Load PKU-SafeRLHF from the hub (``subset``, ``split``, ``revision``) or a local json/jsonl/parquet path."""
+    subset = hub.get("subset")
     return convert(
-        rows,
+        iter_rows(path, **{"split": "train", **hub}),
         policy=policy,
         categories_include=categories_include,
         categories_exclude=categories_exclude,

@@ -61,6 +61,13 @@ class ChatModel:
 
         return fn
 
+    def replies(
+        self, pairs: list[tuple[str, str]], build: Callable[[str, str], Conversation]
+    ) -> list[tuple[str, str, str]]:
+        """``(prompt, response, reply)`` for each (prompt, response) pair, asked as ``build(prompt, response)``."""
+        answers = self([build(p, r) for p, r in pairs])
+        return [(p, r, a) for (p, r), a in zip(pairs, answers)]
+
     def __call__(self, conversations: list[Conversation]) -> list[str]:
         if not conversations:
             return []

@@ -8,7 +8,6 @@ class fall back to the keyword judge, with the reason saying so.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from safetune.core.schema import Verdict
@@ -61,28 +60,19 @@ class LLMJudge(Judge):
         model: str | None = None,
         prompt_template: str = JUDGE_PROMPT,
         max_new_tokens: int = 12,
-        batch_size: int = 8,
         max_response_chars: int = 2000,
-        dtype: str = "auto",
-        generate_fn: Callable[[list[Any]], list[str]] | None = None,
-        model_cfg: dict[str, Any] | None = None,
+        **chat: Any,
     ):
-        if generate_fn is None and not model:
+        """``model`` (a chat model hub id or local dir) and ``chat`` (``generate_fn``, ``batch_size``, ``dtype``,
+        ``model_cfg``) configure the :class:`~safetune.eval.judges.chat.ChatModel` that answers."""
+        if chat.get("generate_fn") is None and not model:
             raise ValueError("llm_judge needs eval.judge.model=<chat model hub id or local dir>.")
         for key in ("{prompt}", "{response}"):
             if key not in prompt_template:
                 raise ValueError(f"eval.judge.prompt_template must contain {key}.")
         self.prompt_template = prompt_template
         self.max_response_chars = max_response_chars
-        self.chat = ChatModel(
-            model,
-            generate_fn=generate_fn,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            dtype=dtype,
-            model_cfg=model_cfg,
-            owner="llm_judge",
-        )
+        self.chat = ChatModel(model, max_new_tokens=max_new_tokens, owner="llm_judge", **chat)
         self._fallback = KeywordJudge()
 
     def build_messages(self, prompt: str, response: str) -> list[dict[str, str]]:
@@ -96,11 +86,8 @@ class LLMJudge(Judge):
         ]
 
     def judge_many(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
-        if not pairs:
-            return []
-        answers = self.chat([self.build_messages(p, r) for p, r in pairs])
         out = []
-        for (p, r), a in zip(pairs, answers):
+        for p, r, a in self.chat.replies(pairs, self.build_messages):
             label = parse_judgement(a)
             if label is None:
                 fb = self._fallback.judge(p, r)

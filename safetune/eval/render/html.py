@@ -33,35 +33,54 @@ def _plt():
     return plt
 
 
+def _barh(
+    groups: list[str],
+    series: list[tuple[str, dict[str, tuple[float, float, float]]]],
+    *,
+    xlim: tuple[float, float],
+    xlabel: str,
+    title: str,
+    zero_line: bool = False,
+) -> str:
+    """Horizontal grouped bars: ``series`` is (name, {group: (value, err_low, err_high)}), one bar per name."""
+    plt = _plt()
+    n = len(series)
+    height = 0.8 / n
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(groups) * max(n, 1.5) + 1.2))
+    for j, (name, per) in enumerate(series):
+        rows = [(i + (j - (n - 1) / 2) * height, per[g]) for i, g in enumerate(groups) if g in per]
+        ys, vals = [y for y, _ in rows], [v for _, v in rows]
+        xerr = [[v[1] for v in vals], [v[2] for v in vals]] if any(v[1] or v[2] for v in vals) else None
+        ax.barh(ys, [v[0] for v in vals], height=height, xerr=xerr, capsize=2, label=name, error_kw={"elinewidth": 0.8})
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(groups, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(*xlim)
+    if zero_line:
+        ax.axvline(0, color="#888", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
 def group_bars(entries: list[tuple[str, dict[str, Any]]], kind: str, title: str) -> str | None:
     """Horizontal grouped bars with Wilson intervals. ``entries``: (checkpoint name, summary['overall'])."""
     key = "per_category" if kind == "harmful" else "per_type"
     groups = sorted({g for _, s in entries for g in s.get(kind, {}).get(key, {})})
     if not groups:
         return None
-    plt = _plt()
-    n = len(entries)
-    height = 0.8 / n
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(groups) * max(n, 1.5) + 1.2))
-    for j, (name, s) in enumerate(entries):
-        per = s.get(kind, {}).get(key, {})
-        ys, xs, lo, hi = [], [], [], []
-        for i, g in enumerate(groups):
-            if g in per:
-                v = per[g]
-                ys.append(i + (j - (n - 1) / 2) * height)
-                xs.append(100 * v["rate"])
-                lo.append(max(0.0, 100 * (v["rate"] - v["ci_low"])))
-                hi.append(max(0.0, 100 * (v["ci_high"] - v["rate"])))
-        ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=2, label=name, error_kw={"elinewidth": 0.8})
-    ax.set_yticks(range(len(groups)))
-    ax.set_yticklabels(groups, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("refusal rate (%) with Wilson 95% CI")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    series = [
+        (
+            name,
+            {
+                g: (100 * v["rate"], max(0.0, 100 * (v["rate"] - v["ci_low"])), max(0.0, 100 * (v["ci_high"] - v["rate"])))
+                for g, v in s.get(kind, {}).get(key, {}).items()
+            },
+        )
+        for name, s in entries
+    ]
+    return _barh(groups, series, xlim=(0, 100), xlabel="refusal rate (%) with Wilson 95% CI", title=title)
 
 
 def _err(x: float) -> float:
@@ -99,24 +118,15 @@ def rubric_bars(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
     groups = sorted({g for _, r in entries for g, e in r.get("per_group", {}).items() if e["n"]})
     if not groups:
         return None
-    plt = _plt()
-    n = len(entries)
-    height = 0.8 / n
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(groups) * max(n, 1.5) + 1.2))
-    for j, (name, r) in enumerate(entries):
-        per = r.get("per_group", {})
-        ys = [i + (j - (n - 1) / 2) * height for i, g in enumerate(groups) if g in per and per[g]["n"]]
-        xs = [per[g]["mean_score"] for g in groups if g in per and per[g]["n"]]
-        ax.barh(ys, xs, height=height, label=name)
-    ax.set_yticks(range(len(groups)))
-    ax.set_yticklabels(groups, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(-5, 5)
-    ax.axvline(0, color="#888", lw=0.8)
-    ax.set_xlabel("mean graceful-refusal rubric score of refusals (-5..5)  → better")
-    ax.set_title("refusal quality per category")
-    ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    series = [(name, {g: (e["mean_score"], 0.0, 0.0) for g, e in r.get("per_group", {}).items() if e["n"]}) for name, r in entries]
+    return _barh(
+        groups,
+        series,
+        xlim=(-5, 5),
+        xlabel="mean graceful-refusal rubric score of refusals (-5..5)  → better",
+        title="refusal quality per category",
+        zero_line=True,
+    )
 
 
 def tradeoff_plot(points: list[dict[str, Any]]) -> str | None:

@@ -18,45 +18,35 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "–" if x is None or x != x else fmt.format(x)
 
 
+# kind -> (heading, group column, the per-group key of the summary, extra columns (header, value getter))
+_TABLES = {
+    "harmful": ("refusal rate on harmful prompts (higher is safer)", "category", "per_category", True),
+    "benign": ("over-refusal on benign prompts (lower is better)", "type", "per_type", False),
+}
+
+
+def _table(suite: str, kind: str, part: dict[str, Any]) -> list[str]:
+    heading, col, key, partial = _TABLES[kind]
+    extra_head, extra_sep = (" partial |", "---:|") if partial else ("", "")
+    lines = [f"### {suite} — {heading}", "", f"| {col} | refused | n | rate | 95% CI |{extra_head}", f"|---|---:|---:|---:|---|{extra_sep}"]
+
+    def row(name: str, v: dict[str, Any], p: float | None, bold: bool = False) -> str:
+        rate = f"**{_pct(v['rate'])}**" if bold else _pct(v["rate"])
+        cells = f"| {name} | {v['k']} | {v['n']} | {rate} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
+        return cells + (f" {_pct(p)} |" if partial else "")
+
+    lines += [row(g, v, v.get("partial_rate")) for g, v in part[key].items()]
+    lines.append(row("**all (micro)**", part["micro"], part.get("partial_rate"), bold=True))
+    lines += [f"| all (macro) | | | {_pct(part['macro'])} | |" + (" |" if partial else ""), ""]
+    return lines
+
+
 def markdown_table(summary: dict[str, Any], title: str = "") -> str:
     lines = [f"## {title}" if title else "", ""]
     for suite, s in summary["suites"].items():
-        if "harmful" in s:
-            h = s["harmful"]
-            lines += [
-                f"### {suite} — refusal rate on harmful prompts (higher is safer)",
-                "",
-                "| category | refused | n | rate | 95% CI | partial |",
-                "|---|---:|---:|---:|---|---:|",
-            ]
-            for g, v in h["per_category"].items():
-                lines.append(
-                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} | {_pct(v['partial_rate'])} |"
-                )
-            m = h["micro"]
-            lines.append(
-                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} | {_pct(h['partial_rate'])} |"
-            )
-            lines.append(f"| all (macro) | | | {_pct(h['macro'])} | | |")
-            lines.append("")
-        if "benign" in s:
-            b = s["benign"]
-            lines += [
-                f"### {suite} — over-refusal on benign prompts (lower is better)",
-                "",
-                "| type | refused | n | rate | 95% CI |",
-                "|---|---:|---:|---:|---|",
-            ]
-            for g, v in b["per_type"].items():
-                lines.append(
-                    f"| {g} | {v['k']} | {v['n']} | {_pct(v['rate'])} | {_pct(v['ci_low'])}–{_pct(v['ci_high'])} |"
-                )
-            m = b["micro"]
-            lines.append(
-                f"| **all (micro)** | {m['k']} | {m['n']} | **{_pct(m['rate'])}** | {_pct(m['ci_low'])}–{_pct(m['ci_high'])} |"
-            )
-            lines.append(f"| all (macro) | | | {_pct(b['macro'])} | |")
-            lines.append("")
+        for kind in ("harmful", "benign"):
+            if kind in s:
+                lines += _table(suite, kind, s[kind])
     return "\n".join(lines)
 
 

@@ -11,11 +11,10 @@ One module per suite (``bundled``, ``xstest``, ``advbench``, ``harmbench``, ``jb
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
-from safetune.core.config import instantiate, to_plain
-from safetune.core.schema import EvalPrompt, SchemaError
+from safetune.core.config import instantiate, legacy_target, to_plain
+from safetune.core.schema import EvalPrompt
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +42,8 @@ def report_group(p: EvalPrompt) -> str:
 def load_suite(spec: dict[str, Any]) -> list[EvalPrompt]:
     """Instantiate one suite node (``_target_`` plus ``name``, ``path`` and the loader's options)."""
     spec = {k: v for k, v in dict(to_plain(spec)).items() if v is not None}
-    if "_target_" not in spec:
-        loader = spec.pop("loader", "jsonl")
-        if loader not in LEGACY_LOADERS:
-            raise SchemaError(
-                f"suite {spec.get('name')!r}: no _target_ and unknown loader={loader!r}; expected a _target_ "
-                f"(e.g. {LEGACY_LOADERS['xstest']}) or one of the legacy loaders {sorted(LEGACY_LOADERS)}."
-            )
-        warnings.warn(
-            f"suite {spec.get('name') or loader!r}: 'loader: {loader}' is deprecated; write "
-            f"'_target_: {LEGACY_LOADERS[loader]}' instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        log.warning("suite %r: 'loader: %s' is deprecated; use _target_: %s", spec.get("name"), loader, LEGACY_LOADERS[loader])
-        spec["_target_"] = LEGACY_LOADERS[loader]
+    spec["_target_"] = legacy_target(spec, LEGACY_LOADERS, what="suite", default="jsonl")
+    spec.pop("loader", None)
     spec.setdefault("name", spec["_target_"].rsplit(".", 2)[-2])
     return list(instantiate(spec))
 

@@ -27,27 +27,16 @@ def load(
         xtype = str(get_field(row, "type", where=where)).strip()
         pid = str(get_field(row, "id", where=where, required=False) or i + 1)
         meta = {k: row.get(k) for k in ("focus", "note") if row.get(k)}
-        if label == "safe":
-            out.append(
-                EvalPrompt(
-                    id=f"xstest-{pid}",
-                    prompt=user_turn(get_field(row, "prompt", where=where)),
-                    kind="benign",
-                    suite=name,
-                    type=xtype,
-                    metadata=meta,
-                )
+        harmful = label == "unsafe"
+        out.append(
+            EvalPrompt(
+                id=f"xstest-{pid}",
+                prompt=user_turn(get_field(row, "prompt", where=where)),
+                kind="harmful" if harmful else "benign",
+                suite=name,
+                category=XSTEST_CONTRAST_CATEGORIES.get(xtype) if harmful else None,
+                type=xtype,
+                metadata=meta,
             )
-        else:
-            out.append(
-                EvalPrompt(
-                    id=f"xstest-{pid}",
-                    prompt=user_turn(get_field(row, "prompt", where=where)),
-                    kind="harmful",
-                    suite=name,
-                    category=XSTEST_CONTRAST_CATEGORIES.get(xtype),
-                    type=xtype,
-                    metadata=meta,
-                )
-            )
+        )
     return out
