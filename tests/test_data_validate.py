@@ -327,7 +327,7 @@ def test_cli_validate_reports_invalid_rows_and_malformed_json(tmp_path, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a",\n')
     assert cli.main(["validate", str(broken)]) == 1
-    assert "broken.jsonl:1: malformed JSON" in capsys.readouterr().out
+    assert "broken.jsonl:1: [malformed_json] malformed JSON" in capsys.readouterr().out
 
 
 def test_cli_hydra_data_group_and_stats(capsys):

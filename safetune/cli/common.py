@@ -1,4 +1,5 @@
-"""What every entry point shares: composing configs, checking them before work, and deprecated override aliases."""
+"""What every entry point shares: composing configs, checking them before work (inside the error boundary of
+:mod:`safetune.cli.errors`), and deprecated override aliases."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from safetune import CONF_DIR
+from safetune.cli.errors import flat_keys, guarded, strip_debug
 from safetune.core.config import check_targets
 
 log = logging.getLogger(__name__)
@@ -57,27 +59,47 @@ def check_config(cfg: Any) -> None:
     check_targets(cfg, CONF_DIR)
 
 
+# command-line flags that are Hydra's own (help, config printing, multirun): composition is left to Hydra
+_HYDRA_FLAGS = ("-m", "--multirun", "--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
+                "--package", "-p", "--run", "-r", "--shell-completion", "-sc", "--config-path", "-cp",
+                "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--version")  # fmt: skip
+
+
+def known_keys(config_name: str) -> Callable[[], list[str]]:
+    """A function listing every key of ``conf/<config_name>.yaml`` (for 'did you mean' hints)."""
+
+    def get() -> list[str]:
+        from omegaconf import OmegaConf
+
+        return flat_keys(OmegaConf.to_container(_compose_unchecked(config_name, []), resolve=False))
+
+    return get
+
+
 def hydra_entry(
     config_name: str, run: Callable[[DictConfig], None], argv: Callable[[list[str]], list[str]] | None = None
 ) -> Callable[[], None]:
-    """The ``main()`` of a Hydra entry point: rewrite argv (``argv``, then deprecated aliases), compose
-    ``conf/<config_name>.yaml`` with the command line, check it, and call ``run(cfg)``."""
+    """The ``main()`` of a Hydra entry point, inside the error boundary (:mod:`safetune.cli.errors`): rewrite argv
+    (``argv``, then deprecated aliases), compose ``conf/<config_name>.yaml`` with the command line and check it
+    (config errors exit 2 with ``error:``/``hint:`` before Hydra starts), then call ``run(cfg)``."""
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def _hydra_main(cfg: DictConfig) -> None:
-        check_config(cfg)
-        run(cfg)
+        guarded(lambda: (check_config(cfg), run(cfg)), known_keys=known_keys(config_name))
 
     def main() -> None:
-        args = sys.argv[1:]
-        sys.argv = [sys.argv[0], *rewrite_aliases(argv(args) if argv else args)]
+        args = strip_debug(sys.argv[1:])
+        args = guarded(lambda: rewrite_aliases(argv(args) if argv else args))
+        sys.argv = [sys.argv[0], *args]
+        if not any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in args):
+            plain = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+            guarded(lambda: compose(config_name, plain), known_keys=known_keys(config_name))
         _hydra_main()
 
     return main
 
 
-def compose(config_name: str, overrides: list[str]) -> Any:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app, then check it."""
+def _compose_unchecked(config_name: str, overrides: list[str]) -> Any:
     from hydra import compose as _compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -85,6 +107,11 @@ def compose(config_name: str, overrides: list[str]) -> Any:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = _compose(config_name, overrides=rewrite_aliases(list(overrides)))
+        return _compose(config_name, overrides=overrides)
+
+
+def compose(config_name: str, overrides: list[str]) -> Any:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app, then check it."""
+    cfg = _compose_unchecked(config_name, rewrite_aliases(list(overrides)))
     check_config(cfg)
     return cfg

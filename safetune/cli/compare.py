@@ -8,10 +8,11 @@ from omegaconf import DictConfig
 
 from safetune.cli.common import hydra_entry
 from safetune.cli.console import console
-from safetune.eval.compare import run_compare
 
 
 def run(cfg: DictConfig) -> None:
+    from safetune.eval.compare import run_compare  # heavy (torch, transformers): after the config is checked
+
     _, artifacts = run_compare(cfg)
     console.print(Path(artifacts["compare_md"]).read_text())
     console.print(f"written: {artifacts['compare_md']}")

@@ -29,10 +29,12 @@ from rich.markup import escape
 from safetune import CONF_DIR
 from safetune.cli.common import compose
 from safetune.cli.console import console, print_report
+from safetune.cli.errors import guarded, print_error, strip_debug
 from safetune.core.config import to_plain
-from safetune.core.formatting import ChatFormatter, TemplateError
+from safetune.core.errors import InputError, MissingInputError, SafetuneError
+from safetune.core.formatting import ChatFormatter
 from safetune.core.modeling import ModelSpec, load_tokenizer, resolve_model_path
-from safetune.core.schema import PreferenceExample, SchemaError
+from safetune.core.schema import PreferenceExample
 from safetune.data import build_preference_data
 from safetune.data.mix import LEGACY_LOADERS
 from safetune.data.sources import triplets
@@ -65,26 +67,27 @@ def data_config(targets: list[str], *, loader: str = "triplets", suites: list[st
     return cfg
 
 
-def _print_report(report: Any, show: int) -> None:
-    from rich.table import Table
+def _line_key(issue: Any) -> tuple[str, int, str]:
+    """Sort issues by file, then line number (``file.jsonl:12``), then text."""
+    file, _, rest = str(issue.where).rpartition(":")
+    num = int(rest) if rest.isdigit() else -1
+    return (file if num >= 0 else str(issue.where), num, issue.message)
 
-    for issue in report.errors[:show]:
-        console.print(f"[red]{escape(str(issue))}[/red]", highlight=False, soft_wrap=True)
-    if len(report.errors) > show:
-        console.print(f"[red]... {len(report.errors) - show} more error(s); use --show or --json.[/red]")
-    by_rule: dict[str, list[Any]] = defaultdict(list)
-    for issue in report.warnings:
-        by_rule[issue.rule].append(issue)
-    if by_rule:
-        t = Table(title="warnings")
-        t.add_column("rule")
-        t.add_column("count", justify="right")
-        t.add_column("first locations / message")
-        for rule, issues in sorted(by_rule.items(), key=lambda kv: -len(kv[1])):
-            first = issues[0]
-            detail = first.message if len(issues) == 1 else ", ".join(i.where for i in issues[:3])
-            t.add_row(rule, str(len(issues)), escape(detail))
-        console.print(t)
+
+def _print_report(report: Any, show: int) -> None:
+    """Errors first, grouped by rule (count, then the first ``show`` of each in file order), then warnings."""
+    for level, issues in (("error", report.errors), ("warning", report.warnings)):
+        by_rule: dict[str, list[Any]] = defaultdict(list)
+        for issue in sorted(issues, key=_line_key):
+            by_rule[issue.rule].append(issue)
+        colour = "red" if level == "error" else "yellow"
+        for rule, rows in sorted(by_rule.items(), key=lambda kv: -len(kv[1])):
+            console.print(f"[{colour}]{level}[/] [bold]{rule}[/]: {len(rows)} row(s)", highlight=False)
+            for i in rows[:show]:
+                fld = f" field '{i.field}'" if i.field else ""
+                console.print(f"  {escape(i.where)}:{fld} [{rule}] {escape(i.message)}", highlight=False, soft_wrap=True)
+            if len(rows) > show:
+                console.print(f"  ... {len(rows) - show} more ({rule}); --show N or --json for all", highlight=False)
     status = "[green]OK[/green]" if report.ok else "[red]INVALID[/red]"
     console.print(f"{status}: {report.rows} rows, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
 
@@ -93,11 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = data_config(args.targets, loader=args.loader, suites=args.suite)
     if args.no_leakage:
         cfg["leakage_suites"] = []
-    try:
-        _, report = validate_config(cfg)
-    except (SchemaError, FileNotFoundError, ValueError) as e:
-        console.print(f"[red]error: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
-        return 1
+    _, report = validate_config(cfg)
     _print_report(report, args.show)
     if args.json:
         with open(args.json, "w") as f:
@@ -108,11 +107,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     cfg = data_config(args.targets, loader=args.loader)
     cfg["leakage_suites"] = []
-    try:
-        bundle = build_preference_data(cfg, on_error="collect")
-    except (SchemaError, FileNotFoundError, ValueError) as e:
-        console.print(f"[red]error: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
-        return 1
+    bundle = build_preference_data(cfg, on_error="collect")
     stats = compute_stats(bundle.train + bundle.eval)
     if args.json:
         with open(args.json, "w") as f:
@@ -134,7 +129,7 @@ def _load_examples(data: str, cfg: Any) -> list[PreferenceExample]:
     p = Path(data).expanduser()
     if p.suffix in (".jsonl", ".json") or p.is_file() or data.startswith("bundled://"):
         if not data.startswith("bundled://") and not p.is_file():
-            raise FileNotFoundError(f"--data {data}: no such file; expected a data config name or a .jsonl path.")
+            raise MissingInputError(f"--data {data}: no such file; expected a data config name or a .jsonl path.")
         return triplets.load(str(p) if p.is_file() else data)
     bundle = build_preference_data(cfg.data)
     return [*bundle.train, *bundle.eval]
@@ -189,13 +184,13 @@ def run_preflight_cli(argv: list[str]) -> int:
             else None
         )
         if examples is None:
-            raise ValueError(
+            raise InputError(
                 f"--data {args.data!r}: not a data config ({', '.join(sorted(p.stem for p in (conf / 'data').glob('*.yaml')))}) "
                 "nor a .jsonl file."
             )
         settings = settings_from_cfg(template_cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
-    except (TemplateError, ValueError, FileNotFoundError, OSError) as e:
-        console.print(f"[bold red]error:[/] {e}")
+    except (SafetuneError, ValueError, OSError) as e:
+        print_error(e if isinstance(e, SafetuneError) else InputError(str(e), hint="check the --data/--template/--model arguments"))
         return 2
     if args.max_length is not None:
         settings.max_length = args.max_length if args.max_length > 0 else None
@@ -220,18 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "validate":
             sp.add_argument("--suite", action="append", default=None, help="extra eval suite for the leakage check")
             sp.add_argument("--no-leakage", action="store_true", help="skip the eval-suite leakage check")
-            sp.add_argument("--show", type=int, default=50, help="errors to print (default 50)")
+            sp.add_argument("--show", type=int, default=5, help="issues shown per rule (default 5)")
     sub.add_parser("preflight", help="check the chat template on a sample of rows (safetune.train.preflight)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = strip_debug(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["preflight"]:
-        return cmd_preflight(argv[1:])
+        return guarded(lambda: cmd_preflight(argv[1:]))
     args = build_parser().parse_args(argv)
-    return cmd_validate(args) if args.command == "validate" else cmd_stats(args)
+    return guarded(lambda: cmd_validate(args) if args.command == "validate" else cmd_stats(args))
 
 
 if __name__ == "__main__":

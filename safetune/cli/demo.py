@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from safetune.cli.common import compose, rewrite_aliases
 from safetune.cli.console import console, print_metrics
+from safetune.cli.errors import guarded, strip_debug
 from safetune.core.config import ConfigError
+from safetune.core.hub import HUB_ENV, hub_reachable
 from safetune.core.runs import timestamp, write_json
+from safetune.data.io import is_local
 from safetune.eval.compare import run_compare
 from safetune.eval.pipeline import run_eval
 from safetune.train.recipe import run_train
@@ -63,6 +66,23 @@ def route_overrides(overrides: list[str], base: dict[str, list[str]] | None = No
     return routed
 
 
+def drop_unreachable_suites(cfg: Any) -> list[str]:
+    """Keep the suites this machine can read (bundled, local files, or the hub when reachable); return one line per
+    suite left out, saying how to add it from a local file."""
+    kept, notes = [], []
+    for node in cfg.eval.suite.suites:
+        path = str(node.get("path") or "")
+        if str(node.get("_target_", "")).endswith("bundled.load") or is_local(path) or hub_reachable():
+            kept.append(node)
+            continue
+        env = HUB_ENV.get(path, "the suite's path (a local file)")
+        notes.append(f"{node.get('name')} ({path}) left out: the hub is unreachable from here; set {env} to add it.")
+    if notes:
+        with open_dict(cfg):
+            cfg.eval.suite.suites = kept
+    return notes
+
+
 def run_demo(overrides: list[str] | None = None, out_root: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     root = Path(out_root or f"demo-{timestamp()}")
     overrides = rewrite_aliases(list(overrides or []))
@@ -74,6 +94,10 @@ def run_demo(overrides: list[str] | None = None, out_root: str | None = None) ->
     ecfg = compose("eval", [*ev, "checkpoint=base", f"out_dir={root / 'eval-base'}"])
     tcfg = compose("train", [*exp, *routed["train"], f"run_dir={root / 'run'}"])
     ecfg2 = compose("eval", [*ev, f"checkpoint={root / 'run'}", f"out_dir={root / 'eval-tuned'}"])
+    notes = drop_unreachable_suites(ecfg)
+    drop_unreachable_suites(ecfg2)  # the same suites for the tuned model
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
     ccfg = compose(
         "compare",
         [f"evals=[{root / 'eval-base'},{root / 'eval-tuned'}]", "labels=[base,tuned]", f"out_dir={root / 'compare'}"],
@@ -112,13 +136,13 @@ def run_demo(overrides: list[str] | None = None, out_root: str | None = None) ->
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    args = sys.argv[1:]
+    args = strip_debug(sys.argv[1:])
     out_root = None
     for a in list(args):
         if a.startswith("demo_dir="):
             out_root = a.split("=", 1)[1]
             args.remove(a)
-    metrics, artifacts = run_demo(args, out_root)
+    metrics, artifacts = guarded(lambda: run_demo(args, out_root))
     console.print(Path(artifacts["compare_md"]).read_text())
     print_metrics("demo", metrics, {"demo directory": artifacts["root"], "comparison": artifacts["compare_md"]})
 

@@ -12,11 +12,12 @@ from omegaconf import DictConfig
 
 from safetune.cli.common import hydra_entry
 from safetune.cli.console import console, print_metrics
-from safetune.eval.judge_check import run_judge_check
-from safetune.eval.pipeline import run_eval
 
 
 def run(cfg: DictConfig) -> None:
+    from safetune.eval.judge_check import run_judge_check
+    from safetune.eval.pipeline import run_eval  # heavy (torch, transformers): after the config is checked
+
     if cfg.get("mode", "eval") == "judge_check":
         metrics, artifacts = run_judge_check(cfg)
         console.print(Path(artifacts["judge_check_md"]).read_text())

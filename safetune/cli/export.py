@@ -6,10 +6,11 @@ from omegaconf import DictConfig
 
 from safetune.cli.common import hydra_entry
 from safetune.cli.console import print_metrics
-from safetune.train.export import run_export
 
 
 def run(cfg: DictConfig) -> None:
+    from safetune.train.export import run_export  # heavy (torch, transformers): after the config is checked
+
     metrics, artifacts = run_export(cfg)
     print_metrics("export", metrics, artifacts)
 

@@ -11,11 +11,12 @@ from omegaconf import DictConfig
 from safetune.cli.common import hydra_entry
 from safetune.cli.console import print_metrics, print_preflight
 from safetune.core import runs
-from safetune.train import sweep
-from safetune.train.recipe import run_train
 
 
 def run(cfg: DictConfig) -> None:
+    from safetune.train import sweep
+    from safetune.train.recipe import run_train  # heavy (torch, transformers): after the config is checked
+
     if sweep.handle_multirun_job(cfg):
         return  # a sweep job handed to its own subprocess (sweep.launcher=python|accelerate)
     metrics, artifacts = run_train(cfg, on_preflight=print_preflight)

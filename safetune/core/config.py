@@ -16,19 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetune.core.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value is invalid; the message names the key, what was expected and what was got."""
 
 
 def to_plain(cfg: Any) -> Any:
-    """OmegaConf containers -> plain dict/list (resolved); other values unchanged."""
+    """OmegaConf containers -> plain dict/list (resolved); other values unchanged. A required value left unset
+    (``???``) raises OmegaConf's ``MissingMandatoryValue`` naming its full key (e.g. ``data.sources.0.path``)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     return cfg
 
 

@@ -17,12 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import Message, PreferenceExample
 
 TEMPLATE_DIR = Path(str(resources.files("safetune") / "core" / "templates"))
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """The chat template cannot be resolved or renders a conversation incorrectly."""
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from safetune.core.errors import EnvironmentProblem, InputError, SafetuneError
+from safetune.core.hub import looks_local, require_hub
 from safetune.core.precision import PrecisionError, weights_dtype
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ EMBEDDED_MODELS: dict[str, dict[str, str]] = {
 EMBEDDED_PREFIX = "embedded:"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SafetuneError, RuntimeError):
     """A model or tokenizer could not be resolved; the message says what to install or change."""
 
 
@@ -144,6 +146,16 @@ def resolve_model_path(spec: ModelSpec | str) -> str:
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{p} exists but has no config.json; expected a transformers checkpoint directory.")
         return str(p)
+    if looks_local(name):
+        raise ModelLoadError(
+            f"model.name_or_path={name!r}: no such directory (it looks like a local path, so it is not looked up "
+            "on the hub).",
+            hint="give an existing checkpoint directory, a hub id (org/name) or embedded:smollm2-135m-instruct",
+        )
+    try:
+        require_hub(name, what="model")
+    except EnvironmentProblem as e:
+        raise ModelLoadError(f"model.name_or_path={e.message}", hint=e.hint) from e
     return name
 
 
@@ -192,6 +204,28 @@ def load_model(spec: ModelSpec, path: str | None = None, *, device_map: Any = No
         ) from e
 
 
+def load_adapter(model: Any, adapter_dir: Path) -> Any:
+    """``model`` with the LoRA adapter saved in ``adapter_dir`` (a safetune run's ``adapter/``); a missing or damaged
+    adapter is an error naming the file."""
+    from peft import PeftModel
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"{adapter_dir} has no adapter_model.safetensors; expected a LoRA adapter saved by safetune-train "
+            "(the run may not have finished saving).",
+            hint="re-run training into that run_dir with resume=auto, or point at a finished run",
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as e:  # noqa: BLE001 - safetensors/peft raise many kinds for a damaged file
+        raise ModelLoadError(
+            f"{weights} (or its adapter_config.json) could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}"
+            " - the file is damaged or truncated.",
+            hint="re-run training into that run_dir (resume=auto continues from the last checkpoint)",
+        ) from e
+
+
 def _default_device_map() -> Any:
     if torch.cuda.is_available():
         from accelerate import PartialState
@@ -233,7 +267,7 @@ def lora_config(peft_cfg: Any, model: Any = None):
     if method == "none":
         return None
     if method not in ("lora", "qlora"):
-        raise ValueError(f"peft.method={method!r}; expected 'lora', 'qlora' or 'none'.")
+        raise InputError(f"peft.method={method!r}; expected 'lora', 'qlora' or 'none'.")
     top = d.pop("top_layers", None)
     d.pop("load_in_4bit", None)
     if top and num_layers:
@@ -241,12 +275,12 @@ def lora_config(peft_cfg: Any, model: Any = None):
         d["layers_to_transform"] = list(range(max(num_layers - int(top), 0), num_layers))
         if d.get("target_modules") == "all-linear":
             if model is None or isinstance(model, int):
-                raise ValueError(
+                raise InputError(
                     "peft.top_layers with target_modules=all-linear needs the model to list its linear layers."
                 )
             d["target_modules"] = linear_leaf_names(model)
     elif top:
-        raise ValueError(
+        raise InputError(
             f"peft.top_layers={top} but the model config has no num_hidden_layers; set peft.layers_to_transform."
         )
     target = d.get("target_modules")
@@ -256,7 +290,7 @@ def lora_config(peft_cfg: Any, model: Any = None):
     valid = set(LoraConfig.__dataclass_fields__)
     unknown = sorted(set(d) - valid)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"Unknown peft option(s) {unknown}; valid LoraConfig fields include r, lora_alpha, lora_dropout, target_modules."
         )
     return LoraConfig(**d)

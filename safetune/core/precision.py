@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from safetune.core.errors import InputError
+
 REQUESTS = ("auto", "model", "bf16", "fp16", "fp32")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -26,7 +28,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class PrecisionError(ValueError):
+class PrecisionError(InputError):
     """A precision setting is invalid or unsupported by this hardware; the message names the key and the fix."""
 
 

@@ -9,20 +9,46 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.I)
 RUN_INFO = "safetune_run.json"
+# Whole key segments (split on . _ - and case) that name a secret; "max_new_tokens" is not "token".
+SECRET_SEGMENTS = frozenset({"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"})
+SECRET_PAIRS = frozenset({"api_key", "access_key", "secret_key", "private_key", "auth_token", "client_secret"})
+REDACTED = "***"
+
+
+def is_secret_key(key: Any) -> bool:
+    """Does a config key name a secret? Exact segments (``hub_token``, ``api_key``, ``model.token``), not substrings."""
+    parts = [p for p in re.split(r"[._\-\s/]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", str(key)).lower()) if p]
+    if any(p in SECRET_SEGMENTS for p in parts):
+        return True
+    return any(f"{a}_{b}" in SECRET_PAIRS for a, b in zip(parts, parts[1:]))
 
 
 def redact(obj: Any) -> Any:
-    """Replace values under secret-looking keys with '***' (saved configs never hold secrets)."""
+    """Replace values under secret-looking keys with '***' (nothing written to disk holds a secret)."""
     if isinstance(obj, dict):
-        return {
-            k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact(v))
-            for k, v in obj.items()
-        }
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "", False) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides with the values of secret keys replaced (``+model.token=abc`` -> ``+model.token=***``)."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out.append(f"{key}={REDACTED}" if sep and value and is_secret_key(key.lstrip("+~")) else o)
+    return out
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomic text write (temp file + rename): a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def timestamp() -> str:
@@ -67,12 +93,8 @@ def is_main_process() -> bool:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    """Atomic JSON write (temp file + rename); values under secret keys are redacted."""
+    write_text(path, json.dumps(redact(obj), indent=2, ensure_ascii=False, default=str))
 
 
 def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

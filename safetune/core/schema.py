@@ -18,6 +18,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safetune.core.errors import InputError
+
 HARM_CATEGORIES: tuple[str, ...] = (
     "Endangering National Security",  # S1
     "Insulting Behavior",  # S2
@@ -103,7 +105,7 @@ CATEGORY_ALIASES: dict[str, str] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A row does not fit the schema. The message names the source, row and field."""
 
 

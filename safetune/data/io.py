@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from safetune.core.errors import EnvironmentProblem, MissingInputError
+from safetune.core.hub import looks_local, require_hub
 from safetune.core.schema import SchemaError
 
 BUNDLED_PREFIX = "bundled://"
@@ -80,7 +82,7 @@ def resolve_local(path: str) -> list[Path]:
         f = suite_dir() / (name if name.endswith(".jsonl") else f"{name}.jsonl")
         if not f.is_file():
             avail = sorted(p.stem for p in suite_dir().glob("*.jsonl"))
-            raise FileNotFoundError(f"No bundled evaluation suite {path!r} ({f}); available: {avail}.")
+            raise MissingInputError(f"No bundled evaluation suite {path!r} ({f}); available: {avail}.")
         return [f]
     if path.startswith(BUNDLED_PREFIX):
         pattern = path[len(BUNDLED_PREFIX) :]
@@ -89,84 +91,135 @@ def resolve_local(path: str) -> list[Path]:
         else:
             files = sorted(bundled_dir().glob(f"{pattern}*.jsonl"))  # a prefix: bundled://safety_prefs
         if not files:
-            raise FileNotFoundError(f"No bundled data matches {path!r} in {bundled_dir()}.")
+            raise MissingInputError(f"No bundled data matches {path!r} in {bundled_dir()}.")
         return files
     p = Path(path).expanduser()
     if any(c in path for c in "*?["):
         files = sorted(Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.is_absolute() else path))
         if not files:
-            raise FileNotFoundError(f"No files match {path!r}.")
+            raise MissingInputError(f"No files match {path!r}.")
         return files
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in {".jsonl", ".json", ".csv", ".parquet", ".gz"})
         if not files:
-            raise FileNotFoundError(f"Directory {p} has no .jsonl/.json/.csv/.parquet files.")
+            raise MissingInputError(f"Directory {p} has no .jsonl/.json/.csv/.parquet files.")
         return files
     if not p.is_file():
-        raise FileNotFoundError(f"Data file {p} does not exist.")
+        raise MissingInputError(f"Data file {p} does not exist.")
     return [p]
 
 
 def is_local(path: str) -> bool:
+    """Read from disk (never the hub): package data, an existing path, a glob, or anything that looks like a path."""
     return (
         path.startswith((BUNDLED_PREFIX, SUITE_PREFIX))
         or Path(path).expanduser().exists()
         or any(c in path for c in "*?[")
+        or looks_local(path)
     )
 
 
-def iter_file_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(location, row)`` where location is 'file:line' (JSONL/CSV) or 'file:row N'."""
+BadRows = list[tuple[str, str]]
+
+
+def _problem(bad: BadRows | None, where: str, message: str) -> None:
+    """Collect a bad row into ``bad`` (one pass reports them all), or raise at once when no sink is given."""
+    if bad is None:
+        raise SchemaError(message)
+    bad.append((where, message))
+
+
+def _open_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped for ``.gz``; a broken archive is an error naming the file."""
+    raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        kind = "not a gzip file" if raw[:2] != b"\x1f\x8b" else f"a damaged or truncated gzip file ({e})"
+        raise SchemaError(
+            f"{path}: {kind}; expected a gzip-compressed file.",
+            hint=f"re-download it, or rename it without .gz if it is plain text ({path.name.removesuffix('.gz')})",
+        ) from e
+
+
+def _utf8_lines(data: bytes, path: Path) -> list[str]:
+    """Decode line by line so a bad byte is reported with its line number."""
+    try:
+        return data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        pass
+    for lineno, raw in enumerate(data.splitlines(keepends=True), 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SchemaError(
+                f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text.",
+                hint="re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+            ) from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def iter_file_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, row)`` where location is 'file:line' (JSONL/CSV) or 'file:row N'.
+
+    ``bad``: a list that collects ``(location, message)`` for JSONL lines that are not UTF-8, not JSON or not an
+    object, so one pass reports every bad line; without it the first one raises :class:`SchemaError`.
+    """
     name = path.name
-    suffixes = path.suffixes
-    if suffixes[-1:] == [".gz"]:
-        opener, suffix = gzip.open, suffixes[-2] if len(suffixes) > 1 else ".jsonl"
-    else:
-        opener, suffix = open, path.suffix
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if path.suffix == ".gz" and len(path.suffixes) == 1:
+        suffix = ".jsonl"
     if suffix == ".jsonl":
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise SchemaError(
-                        f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text. "
-                        "Re-save the file as UTF-8."
-                    ) from e
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SchemaError(
-                        f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line."
-                    ) from e
-                if not isinstance(row, dict):
-                    raise SchemaError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}.")
-                yield f"{name}:{lineno}", row
-    elif suffix == ".json":
-        with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, raw in enumerate(_open_bytes(path).splitlines(), 1):
+            where = f"{name}:{lineno}"
             try:
-                data = json.load(f)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _problem(bad, where, f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text. Re-save the file as UTF-8.")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SchemaError(f"{path}:{e.lineno}: malformed JSON ({e.msg}).") from e
+                _problem(bad, where, f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line.")
+                continue
+            if not isinstance(row, dict):
+                _problem(bad, where, f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}.")
+                continue
+            yield where, row
+    elif suffix == ".json":
+        text = "".join(_utf8_lines(_open_bytes(path), path))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"{path}:{e.lineno}: malformed JSON ({e.msg}).") from e
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), None)
         if not isinstance(data, list):
             raise SchemaError(f"{path}: expected a JSON list of objects (or an object holding one).")
         for i, row in enumerate(data):
             if not isinstance(row, dict):
-                raise SchemaError(f"{path}: item {i} is {type(row).__name__}, expected an object.")
+                _problem(bad, f"{name}:item {i}", f"{path}: item {i} is {type(row).__name__}, expected an object.")
+                continue
             yield f"{name}:item {i}", row
     elif suffix == ".csv":
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(_utf8_lines(_open_bytes(path), path))
+        try:
             for row in reader:
                 yield f"{name}:{reader.line_num}", dict(row)
+        except csv.Error as e:
+            raise SchemaError(f"{path}:{reader.line_num}: malformed CSV ({e}).") from e
     elif suffix == ".parquet":
         import pandas as pd
 
-        for i, row in enumerate(pd.read_parquet(path).to_dict(orient="records")):
+        try:
+            records = pd.read_parquet(path).to_dict(orient="records")
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+            raise SchemaError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e}).") from e
+        for i, row in enumerate(records):
             yield f"{name}:row {i}", row
     else:
         raise SchemaError(
@@ -181,14 +234,39 @@ def iter_rows(
     subset: str | None = None,
     data_dir: str | None = None,
     revision: str | None = None,
+    bad: BadRows | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows from a local path (``bundled://``, file, dir, glob) or, otherwise, a hub dataset id."""
+    """Rows from a local path (``bundled://``, file, dir, glob) or, otherwise, a hub dataset id.
+
+    ``bad`` collects unreadable lines instead of raising at the first (see :func:`iter_file_rows`)."""
+    if not str(path).strip():
+        raise MissingInputError(
+            "the data path is empty.",
+            hint="set it to a file, directory or hub id (an environment variable may be set to an empty string)",
+        )
     if is_local(path):
         for f in resolve_local(path):
-            yield from iter_file_rows(f)
+            yield from iter_file_rows(f, bad)
         return
+    require_hub(path, what="dataset")
     from datasets import load_dataset
 
-    ds = load_dataset(path, subset, data_dir=data_dir, split=split, revision=revision)
+    try:
+        ds = load_dataset(path, subset, data_dir=data_dir, split=split, revision=revision)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        raise EnvironmentProblem(
+            f"hub dataset {path!r} (subset {subset!r}, split {split!r}) could not be loaded: {str(e).splitlines()[0]}",
+            hint="check the dataset id, subset and split, or use a local file",
+        ) from e
     for i, row in enumerate(ds):
         yield f"{path}[{split}]:row {i}", row
+
+
+def load_rows(path: str, convert: Any, *, on_error: str = "raise", **iter_kwargs: Any) -> Loaded:
+    """``convert(iter_rows(path, ...))`` with unreadable lines collected into the result's ``errors`` when
+    ``on_error='collect'`` (one pass reports every bad row), raised at once otherwise."""
+    bad: BadRows | None = [] if check_on_error(on_error) == "collect" else None
+    out = convert(iter_rows(path, bad=bad, **iter_kwargs))
+    out = out if isinstance(out, Loaded) else Loaded(out)
+    out.errors.extend(bad or [])
+    return out

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from safetune.core.config import instantiate, legacy_target, to_plain
+from safetune.core.errors import InputError, SafetuneError
 from safetune.core.schema import PreferenceExample, SchemaError, content_hash
 from safetune.data.io import Loaded, iter_rows
 
@@ -46,7 +47,7 @@ LEGACY_LOADERS = {
 MIX_KEYS = ("name", "weight", "max_rows")
 
 
-class DataLeakageError(ValueError):
+class DataLeakageError(InputError):
     """An evaluation-suite prompt appears in the training data."""
 
 
@@ -76,7 +77,7 @@ def load_source(src: dict[str, Any], *, on_error: str = "raise") -> Loaded:
     src = dict(to_plain(src))
     target = source_target(src)
     if not src.get("path"):
-        raise ValueError(f"data source {src.get('name') or target!r} has no 'path'.")
+        raise InputError(f"data source {src.get('name') or target!r} has no 'path'.")
     options = {k: v for k, v in src.items() if k not in (*MIX_KEYS, "loader", "_target_") and v is not None}
     load = instantiate({"_target_": target, **options}, _partial_=True)
     rows = load(on_error=on_error)
@@ -199,16 +200,31 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
     rng = random.Random(seed)
     sources = cfg.get("sources") or []
     if not sources:
-        raise ValueError("data.sources is empty; configure at least one source (e.g. data=bundled).")
+        raise InputError("data.sources is empty; configure at least one source (e.g. data=bundled).")
     mixed: list[PreferenceExample] = []
     per_source: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
     dropped: Counter[str] = Counter()
     seen: tuple[set[str], set[str]] = (set(), set())
-    for src in sources:
+    allow_empty = bool(cfg.get("allow_empty", False))
+    for index, src in enumerate(sources):
         src = dict(src)
         name = src.get("name") or src.get("path")
-        rows = load_source(src, on_error=on_error)
+        try:
+            rows = load_source(src, on_error=on_error)
+        except SafetuneError as e:
+            raise e.add_context(f"data.sources.{index} ({name})") from None
+        if not rows and not allow_empty:
+            dropped_all = sum(rows.skipped.values())
+            why = (
+                f"all {dropped_all} row(s) were left out ({', '.join(sorted(rows.skipped))})"
+                if dropped_all
+                else f"{len(rows.errors)} row(s), all invalid" if rows.errors else "it holds no rows"
+            )
+            msg = f"data.sources.{index} ({name}): {src.get('path')} yields no usable rows: {why}."
+            if on_error == "raise" and not rows.errors:
+                raise InputError(msg, hint="check the file and its format options, or set data.allow_empty=true")
+            rows.errors.append((str(src.get("path")), msg))
         errors.extend(rows.errors)
         skipped, skipped_at = dict(rows.skipped), dict(rows.skipped_at)
         invalid_rows = len(rows.errors) if isinstance(rows, Loaded) else 0
@@ -220,7 +236,7 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
         weight = src.get("weight")
         if weight is not None:
             if float(weight) < 0:
-                raise ValueError(f"data source {name!r}: weight must be >= 0, got {weight}.")
+                raise InputError(f"data source {name!r}: weight must be >= 0, got {weight}.")
             # weight scales the source relative to its size (0.5 = half the rows, 2.0 = each row twice)
             n = round(loaded * float(weight))
             whole, rest = divmod(n, loaded) if loaded else (0, 0)

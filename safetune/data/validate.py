@@ -30,6 +30,7 @@ from typing import Any
 
 from safetune.core import lexicon
 from safetune.core.config import to_plain
+from safetune.core.errors import InputError
 from safetune.core.schema import HARM_CATEGORIES, ROLES, TACTICS, PreferenceExample
 from safetune.data.mix import DataBundle, build_preference_data, normalise_text, pair_key
 
@@ -111,7 +112,7 @@ class ValidationReport:
         return {**self.summary(), "issues": [asdict(i) for i in self.issues]}
 
 
-class InvalidDataError(ValueError):
+class InvalidDataError(InputError):
     """Validation found errors and ``data.allow_invalid`` is false."""
 
 
@@ -322,13 +323,26 @@ def validate_examples(examples: list[PreferenceExample], data_cfg: Any = None) -
     return report
 
 
+# load-time problems -> their rule names (one pass reports them all, counted per rule)
+_LOAD_RULES = (
+    ("malformed JSON", "malformed_json"),
+    ("broken encoding", "encoding"),
+    ("expected a JSON object per line", "malformed_json"),
+    ("yields no usable rows", "empty_source"),
+)
+
+
 def validate_bundle(bundle: DataBundle, data_cfg: Any = None) -> ValidationReport:
     """Row and dataset rules on train+eval rows, plus the bundle's load errors, skipped rows and leakage."""
     report = validate_examples(bundle.train + bundle.eval, data_cfg)
-    report.rows += len(bundle.errors)
+    report.rows += sum(1 for _, m in bundle.errors if "yields no usable rows" not in m)
     for where, msg in reversed(bundle.errors):
         msg = msg[len(where) + 2 :] if msg.startswith(f"{where}: ") else msg
-        report.issues.insert(0, Issue("error", "invalid_row", where, "", msg))
+        msg = re.sub(r"^\S+:\d+: ", "", msg) if re.match(r"^\S+:\d+: ", msg) else msg  # the location is in `where`
+        rule = next((r for cue, r in _LOAD_RULES if cue in msg), "invalid_row")
+        report.issues.insert(0, Issue("error", rule, where, "", msg))
+    if not bundle.train and not bundle.eval and not bundle.errors:
+        report.issues.insert(0, Issue("error", "empty_data", "dataset", "", "the configured data holds no rows."))
     for hit in bundle.leakage:
         report.issues.append(
             Issue(

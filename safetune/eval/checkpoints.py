@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core import runs
+from safetune.core.errors import InputError, MissingInputError
 from safetune.core.formatting import ChatFormatter
-from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
+from safetune.core.hub import looks_local
+from safetune.core.modeling import ModelSpec, load_adapter, load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ def load_checkpoint(
             if base and base != spec.name_or_path and Path(base).exists():
                 spec.name_or_path = base
             label = p.parent.name if p.name == "adapter" else p.name
+        elif (looks_local(checkpoint) or p.exists()) and not (p / "config.json").is_file():
+            raise MissingInputError(
+                f"checkpoint={checkpoint!r}: not a safetune run directory ({runs.RUN_INFO}), a LoRA adapter directory "
+                "(adapter_config.json) or a model directory (config.json)"
+                + ("" if p.exists() else " - it does not exist") + ".",
+                hint="checkpoint=base, a run directory written by safetune-train, or a model directory / hub id",
+            )
         else:
             spec.name_or_path = checkpoint
             label = Path(checkpoint).name or checkpoint
@@ -66,14 +75,8 @@ def load_checkpoint(
     formatter = ChatFormatter.from_cfg(tokenizer, template)
     model = load_model(spec, path)
     if adapter_dir is not None:
-        from peft import PeftModel
-
         weights = adapter_dir / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(
-                f"{adapter_dir} has no adapter_model.safetensors; expected a LoRA adapter saved by safetune-train."
-            )
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model = load_adapter(model, adapter_dir)
         if merge and not spec.load_in_4bit:
             model = model.merge_and_unload()  # faster generation, identical outputs
         ckpt_id = f"adapter:{spec.name_or_path}:{_file_digest(weights)}"
@@ -92,7 +95,7 @@ def vllm_model_dir(ck: LoadedCheckpoint, out_dir: Path):
             return str(src)
         merged = out_dir / "merged_model"
         if hasattr(ck.model, "peft_config"):  # adapters on a 4-bit base are not merged (see load_checkpoint)
-            raise RuntimeError(
+            raise InputError(
                 f"generation.backend=vllm needs a merged model, but {ck.checkpoint_id} is a LoRA adapter on a 4-bit "
                 "base, which is not merged. Export a merged model (safetune-export run_dir=...) and evaluate that "
                 "directory, or use generation.backend=hf."

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core.config import to_plain
-from safetune.core.runs import write_json
+from safetune.core.errors import InputError, MissingInputError
+from safetune.core.runs import write_json, write_text
 from safetune.core.schema import EvalRecord
 from safetune.eval.render.html import render_html, tradeoff_points
 from safetune.eval.render.markdown import compare_markdown
@@ -40,10 +41,10 @@ def expand_eval_dirs(paths: list[str]) -> list[Path]:
         elif p.is_dir():
             found = sorted(q.parent for q in p.rglob("results.json"))
             if not found:
-                raise FileNotFoundError(f"{p} holds no evaluation (no results.json below it).")
+                raise MissingInputError(f"{p} holds no evaluation (no results.json below it).")
             out.extend(found)
         else:
-            raise FileNotFoundError(f"{p} is not an evaluation directory.")
+            raise MissingInputError(f"{p} is not an evaluation directory.")
     return out
 
 
@@ -95,7 +96,7 @@ def load_retention(eval_dir: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e.msg}); delete it and re-run safetune-eval to recompute.") from e
+        raise InputError(f"{p}: not valid JSON ({e.msg}); delete it and re-run safetune-eval to recompute.") from e
 
 
 def paired_binary(base: list[EvalRecord], other: list[EvalRecord], kind: str, positive: Any) -> float:
@@ -200,17 +201,39 @@ def rubric_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def check_overlap(verdicts: list[list[EvalRecord]], names: list[str]) -> list[dict[str, Any]]:
+    """How many (suite, prompt, sample) keys each evaluation shares with the baseline; none shared is an error
+    (paired tests on no common prompts mean nothing), a partial overlap is logged and reported."""
+    base = {r.key for r in verdicts[0]}
+    out = []
+    for name, v in zip(names[1:], verdicts[1:]):
+        keys = {r.key for r in v}
+        shared = len(base & keys)
+        if not shared:
+            raise InputError(
+                f"{names[0]} and {name} share no prompts ({len(base)} vs {len(keys)} answered; suites "
+                f"{sorted({k[0] for k in base})} vs {sorted({k[0] for k in keys})}): there is nothing to compare.",
+                hint="compare evaluations of the same suites (safetune-eval eval/suite=... for each checkpoint)",
+            )
+        if shared < max(len(base), len(keys)):
+            log.warning("%s vs %s: %d shared prompts (of %d and %d); paired tests use the shared ones only",
+                        names[0], name, shared, len(base), len(keys))  # fmt: skip
+        out.append({"baseline": names[0], "other": name, "shared": shared, "baseline_n": len(base), "other_n": len(keys)})
+    return out
+
+
 def compare(
     eval_dirs: list[str | Path], labels: list[str] | None = None, retention_kw: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     dirs = expand_eval_dirs([str(d) for d in eval_dirs])
     if len(dirs) < 2:
-        raise ValueError(f"safetune-compare needs at least two evaluations, got {len(dirs)}.")
+        raise InputError(f"safetune-compare needs at least two evaluations, got {len(dirs)}.")
     results = [load_results(d) for d in dirs]
     names = labels or [r["meta"].get("label") or d.name for r, d in zip(results, dirs)]
     if len(set(names)) < len(names):
         names = [f"{n} ({d.parent.name}/{d.name})" for n, d in zip(names, dirs)]
     verdicts = [load_verdicts(d) for d in dirs]
+    overlap = check_overlap(verdicts, names)
     rows: list[dict[str, Any]] = []
     suites = sorted({s for r in results for s in r["summary"]["suites"]})
     for suite in suites:
@@ -247,6 +270,7 @@ def compare(
         "overall": overall,
         "tradeoff": tradeoff(summaries, verdicts, retentions, names, retention_kw),
         "rubric_rows": rubric_rows(summaries),
+        "overlap": overlap,
         "quality": quality,
     }
 
@@ -288,9 +312,10 @@ def run_compare(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", cmp)
     md = compare_markdown(cmp, int(cfg.get("max_flips") or 5))
-    (out_dir / "compare.md").write_text(md)
+    write_text(out_dir / "compare.md", md)
     rubric = [(n, q["rubric"]) for n, q in cmp["quality"].items() if q.get("rubric")]
-    (out_dir / "compare.html").write_text(
+    write_text(
+        out_dir / "compare.html",
         render_html(
             "safetune comparison",
             md,

@@ -22,10 +22,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from safetune.core.checks import AT_LEAST_ONE, POSITIVE, Range, check_fields
+from safetune.core.config import ConfigError
+from safetune.core.errors import EnvironmentProblem, InputError
 from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model
 from safetune.core.schema import EvalPrompt, Generation, content_hash
 
 log = logging.getLogger(__name__)
+
+
+BACKENDS = ("hf", "vllm", "auto")
+GENERATION_RANGES: dict[str, Range] = {
+    "max_new_tokens": AT_LEAST_ONE,
+    "batch_size": AT_LEAST_ONE,
+    "num_samples": AT_LEAST_ONE,
+    "temperature": POSITIVE,
+    "top_p": (0, 1, False, True),
+}
 
 
 @dataclass
@@ -55,8 +68,13 @@ class GenerationSettings:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> GenerationSettings:
-        d = dict(cfg or {})
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """Settings from the ``generation`` config, each value checked for type and range (errors name the key)."""
+        d = {k: v for k, v in dict(cfg or {}).items() if k in cls.__dataclass_fields__}
+        check_fields(d, cls, prefix="generation", ranges=GENERATION_RANGES)
+        for key, allowed in (("backend", BACKENDS), ("precision", REQUESTS)):
+            if key in d and d[key] not in allowed:
+                raise ConfigError(f"generation.{key}={d[key]!r}; expected one of {', '.join(allowed)}.")
+        return cls(**d)
 
     def sampling(self) -> dict[str, Any]:
         """The keyword arguments :func:`generate_texts` takes from these settings."""
@@ -96,14 +114,24 @@ class GenerationCache:
 
     def reload(self) -> None:
         for f in self.files():
-            with open(f, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        log.warning("%s:%d: skipping a truncated cache line (interrupted write)", f, lineno)
-                        continue
-                    self.entries[row["key"]] = row
+            good_end = 0
+            with open(f, "rb") as fh:
+                data = fh.read()
+            for lineno, raw in enumerate(data.splitlines(keepends=True), 1):
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("no newline: the write was interrupted")
+                except (ValueError, UnicodeDecodeError):
+                    if good_end + len(raw) >= len(data):  # the last line: an interrupted write; cut it off
+                        log.warning("%s:%d: cutting a truncated cache line (interrupted write)", f, lineno)
+                        os.truncate(f, good_end)
+                        break
+                    log.warning("%s:%d: skipping a malformed cache line", f, lineno)
+                    good_end += len(raw)
+                    continue
+                good_end += len(raw)
+                self.entries[row["key"]] = row
 
     @staticmethod
     def make_key(checkpoint_id: str, prompt_text: str, settings_key: str, sample: int) -> str:
@@ -203,12 +231,12 @@ def use_vllm(settings: GenerationSettings) -> bool:
 
     available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     if settings.backend == "vllm" and not available:
-        raise RuntimeError(
+        raise EnvironmentProblem(
             "generation.backend=vllm but vLLM is not installed or no CUDA GPU is visible; "
             "pip install vllm, or use generation.backend=hf."
         )
     if settings.backend not in ("auto", "vllm"):
-        raise ValueError(f"generation.backend={settings.backend!r}; expected hf, vllm or auto.")
+        raise InputError(f"generation.backend={settings.backend!r}; expected hf, vllm or auto.")
     return available
 
 

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core.config import instantiate, to_plain
-from safetune.core.runs import agree_on_dir, process_state
+from safetune.core.errors import InputError, WorkExistsError
+from safetune.core.runs import agree_on_dir, process_state, write_text
 from safetune.core.schema import EvalPrompt, EvalRecord, Generation
 from safetune.eval.checkpoints import LoadedCheckpoint, load_checkpoint, vllm_model_dir
 from safetune.eval.generate import GenerationCache, GenerationSettings, generate
 from safetune.eval.judges import build_judge
 from safetune.eval.metrics import answer_stats, headline_metrics, summarise
-from safetune.eval.report import write_reports
+from safetune.eval.report import load_results, write_reports
 from safetune.eval.retention import retention_for, retention_summary
 from safetune.eval.rubric import RulesRubric, score_records, summarise_rubric
 from safetune.eval.suites import load_suites
@@ -116,9 +117,34 @@ def default_out_dir(evals_dir: str, label: str) -> Path:
 
 
 def write_verdicts(path: Path, records: list[EvalRecord]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
+
+
+def guard_eval_dir(out_dir: Path, *, checkpoint: str, suites: list[str], checkpoint_id: str | None, overwrite: bool) -> None:
+    """Refuse to write into an evaluation directory of another checkpoint or suite set (unless ``overwrite``).
+
+    The same checkpoint and suites resume from the generation cache instead."""
+    path = out_dir / "results.json"
+    if overwrite or not path.is_file():
+        return
+    meta = load_results(out_dir).get("meta", {})
+    old_suites = sorted(meta.get("suites") or load_results(out_dir).get("summary", {}).get("suites", {}))
+    clash = []
+
+    def same(a: Any, b: str) -> bool:
+        return a is None or a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(b).resolve())
+
+    if not same(meta.get("checkpoint"), checkpoint):
+        clash.append(f"checkpoint {meta.get('checkpoint')!r} (now {checkpoint!r})")
+    if checkpoint_id is not None and meta.get("checkpoint_id") not in (None, checkpoint_id):
+        clash.append(f"weights {meta.get('checkpoint_id')!r} (now {checkpoint_id!r})")
+    if old_suites and sorted(suites) != old_suites:
+        clash.append(f"suites {old_suites} (now {sorted(suites)})")
+    if clash:
+        raise WorkExistsError(
+            f"out_dir={out_dir} holds the evaluation of another " + "; ".join(clash) + "; its reports would be replaced.",
+            hint="pick another out_dir (or leave it unset), or overwrite=true to replace that evaluation",
+        )
 
 
 def run_eval(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -126,13 +152,18 @@ def run_eval(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     state = process_state()  # several CPU processes form a gloo group too
     prompts = load_suites(cfg.eval.suite, cfg.get("limit_per_group"))  # fail on bad suites before loading a model
     if not prompts:
-        raise ValueError("The configured evaluation suites are empty.")
+        raise InputError("The configured evaluation suites are empty.")
+    guard = {"checkpoint": str(cfg.checkpoint), "suites": sorted({p.suite for p in prompts})}
+    guard["overwrite"] = bool(cfg.get("overwrite", False))
+    if cfg.get("out_dir"):  # before the model loads: the cheap part of the check
+        guard_eval_dir(Path(cfg.out_dir), checkpoint_id=None, **guard)
     judge = build_judge(cfg.eval.judge) if state.is_main_process else None
     rubric = build_rubric_scorer(cfg.eval.get("rubric")) if state.is_main_process else None
     ck = load_checkpoint(str(cfg.checkpoint), to_plain(cfg.model), to_plain(cfg.template))
     if not getattr(ck.model, "is_loaded_in_4bit", False) and next(ck.model.parameters()).device != state.device:
         ck.model.to(state.device)  # this rank's GPU when there is one (4-bit models are placed at load)
     out_dir = agree_on_dir(Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg.paths.evals, ck.label))
+    guard_eval_dir(out_dir, checkpoint_id=ck.checkpoint_id, **guard)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = GenerationSettings.from_cfg(to_plain(cfg.generation))
     records, n_new = score(
@@ -158,6 +189,7 @@ def run_eval(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "settings": settings.__dict__,
         "judge": getattr(judge, "name", type(judge).__name__),
         "rubric_scorer": getattr(rubric, "name", "rules"),
+        "suites": guard["suites"],
         "n_prompts": len(prompts),
         "n_generated": n_new,
         "n_cached": len(records) - n_new,

@@ -8,12 +8,14 @@ HTML; extra top-level keys of ``summary`` land in the JSON.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
-from safetune.core.runs import write_json
-from safetune.core.schema import EvalRecord
+from safetune.core.errors import MissingInputError
+from safetune.core.runs import write_json, write_text
+from safetune.core.schema import EvalRecord, SchemaError
 from safetune.data.io import iter_file_rows
 from safetune.eval.render.html import render_html
 from safetune.eval.render.markdown import report_markdown
@@ -38,19 +40,20 @@ def write_reports(
     write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
     title = f"safetune evaluation — {meta.get('label', '')}"
     md = report_markdown(summary, meta, sections)
-    (out_dir / "report.md").write_text(md)
+    write_text(out_dir / "report.md", md)
     label = str(meta.get("label", ""))
     rubric = [(label, summary["rubric"])] if summary.get("rubric") else None
-    (out_dir / "report.html").write_text(render_html(title, md, [(label, summary["overall"])], rubric=rubric))
+    write_text(out_dir / "report.html", render_html(title, md, [(label, summary["overall"])], rubric=rubric))
     rows = category_rows(summary)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(
-            f,
-            fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
-            extrasaction="ignore",
-        )
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(
+        buf,
+        fieldnames=["suite", "kind", "group", "metric", "k", "n", "rate", "ci_low", "ci_high", "partial_rate"],
+        extrasaction="ignore",
+    )
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out_dir / "results.csv", buf.getvalue())
     return {
         "results_json": str(out_dir / "results.json"),
         "report_md": str(out_dir / "report.md"),
@@ -62,10 +65,19 @@ def write_reports(
 def load_results(eval_dir: str | Path) -> dict[str, Any]:
     p = Path(eval_dir) / "results.json"
     if not p.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{p} not found: {eval_dir} is not a safetune evaluation directory (run safetune-eval first)."
         )
-    return json.loads(p.read_text())
+    try:
+        out = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SchemaError(
+            f"{p}: not valid JSON ({e}); the evaluation was interrupted while writing, or the file was edited.",
+            hint=f"re-run safetune-eval into {eval_dir} (answers are cached, nothing is regenerated)",
+        ) from e
+    if not isinstance(out, dict) or "summary" not in out:
+        raise SchemaError(f"{p}: expected a safetune results.json with 'meta' and 'summary', got {type(out).__name__}.")
+    return out
 
 
 def load_verdicts(eval_dir: str | Path) -> list[EvalRecord]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from safetune.core.config import cfg_get, instantiate, to_plain
+from safetune.core.errors import InputError, MissingInputError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.runs import write_json
 from safetune.core.schema import Message, PreferenceExample, SchemaError, as_messages
@@ -71,7 +72,7 @@ def response_logprobs(
     lose prompt tokens from the left first, then response tokens from the right.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise InputError(f"eval.retention.batch_size must be >= 1, got {batch_size}.")
     encoded: list[tuple[list[int], int]] = []
     for i, (messages, response) in enumerate(pairs):
         if not isinstance(response, str) or not response.strip():
@@ -137,7 +138,7 @@ def preference_accuracy(
     log-likelihood, not biased toward short replies) or 'sum' (total log-likelihood, as DPO's implicit reward).
     Ties count as False."""
     if normalise not in ("mean", "sum"):
-        raise ValueError(f"normalise={normalise!r}; expected 'mean' or 'sum'.")
+        raise InputError(f"eval.retention.normalise={normalise!r}; expected 'mean' or 'sum'.")
     pairs = [(ex.prompt, ex.chosen) for ex in examples] + [(ex.prompt, ex.rejected) for ex in examples]
     lp = response_logprobs(model, tokenizer, formatter, pairs, batch_size=batch_size, max_length=max_length)
     vals = [s / n if normalise == "mean" else s for s, n in lp]
@@ -287,7 +288,7 @@ def load_hh_helpful(
     with ``data_dir='helpful-base'``. The first ``max_rows`` parsed pairs (file order)."""
     if path:
         if not Path(path).expanduser().exists():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"hh-rlhf helpful-base file {path} does not exist; set eval.retention.hh_rlhf.path to a "
                 "helpful-base .jsonl.gz, or null to read hub Anthropic/hh-rlhf (data_dir helpful-base)."
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from safetune.core.errors import InputError
 from safetune.core.schema import EvalRecord
 from safetune.eval.checkpoints import LoadedCheckpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings
@@ -111,13 +112,13 @@ class SafetyEvalCallback(TrainerCallback):
         out_dir: Path | None = None,
     ) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"safety_callback.every_n_steps must be >= 1, got {every_n_steps}.")
+            raise InputError(f"safety_callback.every_n_steps must be >= 1, got {every_n_steps}.")
         self.trainer = trainer
         self.tokenizer = tokenizer
         self.formatter = formatter
         self.prompts = load_suites(suite_cfg, limit_per_group)
         if not self.prompts:
-            raise ValueError("safety_callback: the configured suites are empty.")
+            raise InputError("safety_callback: the configured suites are empty.")
         self.judge = build_judge(judge_cfg)
         self.every = every_n_steps
         self.settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -11,11 +11,14 @@ import dataclasses
 import difflib
 import logging
 import math
+import re
 from typing import Any
 
 import torch
 
+from safetune.core.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range, check_fields
 from safetune.core.config import ConfigError
+from safetune.core.errors import SafetuneError
 from safetune.core.precision import PrecisionError, training_flags
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,68 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# value ranges of DPOConfig fields that TRL/transformers check only deep inside training (if at all)
+TRAINER_RANGES: dict[str, Range] = {
+    "beta": POSITIVE,
+    "learning_rate": POSITIVE,
+    "num_train_epochs": POSITIVE,
+    "per_device_train_batch_size": AT_LEAST_ONE,
+    "per_device_eval_batch_size": AT_LEAST_ONE,
+    "gradient_accumulation_steps": AT_LEAST_ONE,
+    "max_length": AT_LEAST_ONE,
+    "precompute_ref_batch_size": AT_LEAST_ONE,
+    "warmup_steps": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "logging_steps": POSITIVE,
+    "save_steps": POSITIVE,
+    "save_total_limit": AT_LEAST_ONE,
+    "max_grad_norm": NON_NEGATIVE,
+    "label_smoothing": UNIT,
+    "dataloader_num_workers": NON_NEGATIVE,
+}
+
+
+def validate_trainer(trainer_cfg: dict[str, Any]) -> None:
+    """Check the ``trainer`` group before any data or model loads: unknown keys, value types against
+    ``trl.DPOConfig``'s annotations, and ranges (beta, learning rate, batch sizes, ...)."""
+    from trl import DPOConfig
+
+    cfg = dict(trainer_cfg)
+    for key in ("loss_type", "report_to"):  # a single name is accepted for these lists
+        if isinstance(cfg.get(key), str):
+            cfg[key] = [cfg[key]]
+    check_fields(cfg, DPOConfig, prefix="trainer", ranges=TRAINER_RANGES)
+    if cfg.get("max_steps") is not None and (cfg["max_steps"] == 0 or cfg["max_steps"] < -1):
+        raise ConfigError(
+            f"trainer.max_steps={cfg['max_steps']!r}: expected -1 (use num_train_epochs) or a positive step count."
+        )
+    losses = cfg.get("loss_type")
+    losses = [losses] if isinstance(losses, str) else list(losses or [])
+    valid = dpo_loss_types()
+    bad = [x for x in losses if valid and x not in valid]
+    if bad:
+        raise ConfigError(
+            f"trainer.loss_type={losses}: {bad} not among the installed TRL's DPO losses {sorted(valid)}.",
+            hint="e.g. trainer.loss_type=[sigmoid,sft]",
+        )
+    weights = cfg.get("loss_weights")
+    if weights is not None and len(weights) != len(losses):
+        raise ConfigError(
+            f"trainer.loss_weights={list(weights)} has {len(weights)} weight(s) for {len(losses)} loss(es) {losses}.",
+            hint="give one weight per trainer.loss_type entry, or loss_weights=null",
+        )
+    safetune_trainer_options(cfg)
+    build_dpo_config(cfg, "/tmp/safetune-config-check")  # unknown fields and TRL's own checks, now
+
+
+def dpo_loss_types() -> set[str]:
+    """The DPO loss names the installed TRL documents for ``loss_type`` (empty when its help text moved)."""
+    from trl import DPOConfig
+
+    helptext = next(f.metadata.get("help", "") for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
+    return set(re.findall(r"`'([a-z_]+)'`", helptext))
+
+
 def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
     """Map the ``trainer`` config group onto ``trl.DPOConfig``, failing clearly on unknown fields."""
     from trl import DPOConfig
@@ -76,7 +141,10 @@ def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
     opts.update(flags)
     if not torch.cuda.is_available():
         opts.setdefault("use_cpu", True)
-    return DPOConfig(output_dir=output_dir, **opts)
+    try:
+        return DPOConfig(output_dir=output_dir, **opts)
+    except (ValueError, TypeError) as e:  # TRL's / transformers' own validation of field values
+        raise ConfigError(f"trainer: {e}", hint="check the trainer.* values named above") from e
 
 
 def expected_initial_loss(loss_type: list[str]) -> float | None:
@@ -84,7 +152,7 @@ def expected_initial_loss(loss_type: list[str]) -> float | None:
     return math.log(2) if list(loss_type) == ["sigmoid"] else None
 
 
-class SanityCheckError(RuntimeError):
+class SanityCheckError(SafetuneError, RuntimeError):
     """The first training batch shows the policy is not the reference (the DPO recipe is miswired)."""
 
 

@@ -18,13 +18,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from safetune.core import runs
-from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
+from safetune.core.errors import SafetuneError
+from safetune.core.modeling import ModelSpec, load_adapter, load_model, load_tokenizer, resolve_model_path
 from safetune.eval.render.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(SafetuneError, RuntimeError):
     """The run directory cannot be exported; the message says what is missing."""
 
 
@@ -110,14 +111,8 @@ def export_run(
     if dtype:
         spec.dtype = dtype
     if info.get("kind") == "adapter":
-        from peft import PeftModel
-
-        if not (weights_dir / "adapter_model.safetensors").is_file():
-            raise ExportError(
-                f"{weights_dir} has no adapter_model.safetensors; the training run did not finish saving."
-            )
         base_path = resolve_model_path(spec)
-        model = PeftModel.from_pretrained(load_model(spec, base_path), str(weights_dir)).merge_and_unload()
+        model = load_adapter(load_model(spec, base_path), weights_dir).merge_and_unload()
         base = spec.name_or_path
     else:
         spec.name_or_path = str(weights_dir)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from safetune.core.errors import InputError, SafetuneError
 from safetune.core.formatting import (
     ChatFormatter,
     TemplateProbe,
@@ -50,7 +51,7 @@ RULES: tuple[str, ...] = (
 )
 
 
-class PreflightError(RuntimeError):
+class PreflightError(SafetuneError, RuntimeError):
     """The preflight found a template or data defect; the message names the template, rule and a row."""
 
 
@@ -374,7 +375,7 @@ def settings_from_cfg(template_cfg: Any, trainer_cfg: Any = None) -> PreflightSe
     known = {k: v for k, v in pf.items() if k in PreflightSettings.__dataclass_fields__ and v is not None}
     unknown = sorted(set(pf) - set(PreflightSettings.__dataclass_fields__) - {"enabled"})
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"template.preflight has unknown key(s) {unknown}; expected enabled, "
             f"{', '.join(PreflightSettings.__dataclass_fields__)}."
         )

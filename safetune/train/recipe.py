@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetune.core import runs
 from safetune.core.config import to_plain
+from safetune.core.errors import InputError, MissingInputError, WorkExistsError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
 from safetune.core.precision import training_label
@@ -48,7 +49,7 @@ from safetune.train.callbacks import (
     is_complete,
     last_complete_checkpoint,
 )
-from safetune.train.dpo_config import SanityCheck, build_dpo_config, safetune_trainer_options
+from safetune.train.dpo_config import SanityCheck, build_dpo_config, safetune_trainer_options, validate_trainer
 from safetune.train.preflight import PreflightReport, preflight_training_rows
 from safetune.train.refcache import build_ref_cache
 from safetune.train.trl_ext import make_trainer_class
@@ -61,6 +62,18 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         cfg.get("run_dir") or _multirun_job_dir() or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
     )
     return runs.agree_on_dir(proposed)
+
+
+def guard_run_dir(run_dir: Path, resume: Any, overwrite: bool) -> None:
+    """Refuse to train into a finished run directory unless ``resume=auto`` (continue it) or ``overwrite=true``."""
+    if overwrite or resume not in (None, False, "", "none", "null") or not (run_dir / runs.RUN_INFO).is_file():
+        return
+    raise WorkExistsError(
+        f"run_dir={run_dir} holds a finished run ({runs.RUN_INFO}, adapter/, metrics.json); training into it would "
+        "overwrite that work.",
+        hint="pick another run_dir (or leave it unset for a new timestamped one), resume=auto to continue it, or "
+        "overwrite=true to replace it",
+    )
 
 
 def _multirun_job_dir() -> str | None:
@@ -95,7 +108,7 @@ def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
         return str(found)
     p = Path(str(resume))
     if not is_complete(p):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"resume={resume!r}: not a complete checkpoint directory (expected checkpoint-N with trainer_state.json "
             "and the .safetune_complete marker). Use resume=auto to pick the newest complete one."
         )
@@ -151,7 +164,7 @@ def build_data(
     bundle = build_preference_data(cfg.data)
     enforce_valid(bundle, cfg.data)  # raises on validation errors unless data.allow_invalid=true
     if not bundle.train:
-        raise ValueError("The configured data produced no training rows; check data.sources.")
+        raise InputError("The configured data produced no training rows; check data.sources.")
     if main:
         runs.write_json(run_dir / "data_manifest.json", bundle.manifest)
         (run_dir / "data").mkdir(exist_ok=True)
@@ -305,7 +318,7 @@ def save_run(
                 # how the processes shared the work: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED (accelerate's names)
                 "distributed_type": facts["distributed_type"],
                 "mixed_precision": facts["precision"],
-                "overrides": hydra_overrides(),
+                "overrides": runs.redact_overrides(hydra_overrides()),
                 "trainer": {k: trainer_cfg.get(k) for k in ("beta", "loss_type", "learning_rate", "max_length")},
             },
         )
@@ -321,13 +334,15 @@ def run_train(
     from transformers import set_seed
 
     set_seed(int(cfg.get("seed", 42)))  # LoRA init and data order: same seed, same run
+    validate_trainer(to_plain(cfg.trainer))  # types and ranges, before any data or model loads
     run_dir = resolve_run_dir(cfg)
+    guard_run_dir(run_dir, cfg.get("resume"), bool(cfg.get("overwrite", False)))
     if runs.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(runs.redact(to_plain(cfg)))))
+        runs.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(runs.redact(to_plain(cfg)))))
+    resume_from = resolve_resume(cfg.get("resume"), run_dir / "trainer")  # a bad resume path fails before work
     data = build_data(cfg, run_dir, on_preflight=on_preflight)  # validated before any model loads
     trainer, facts = build_trainer(cfg, data, run_dir)
-    resume_from = resolve_resume(cfg.get("resume"), run_dir / "trainer")
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = train_metrics(trainer, result, facts, resume_from)
     artifacts = save_run(cfg, trainer, data, facts, metrics, run_dir)

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from safetune.core.errors import InputError
+
 log = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -175,5 +177,5 @@ def build_ref_cache(
         "torch": torch.__version__.split("+")[0],
     }
     if not cfg.get("dir"):
-        raise ValueError("ref_cache.enabled=true needs ref_cache.dir (default: ${paths.cache}/ref_logps).")
+        raise InputError("ref_cache.enabled=true needs ref_cache.dir (default: ${paths.cache}/ref_logps).")
     return RefLogpCache(dir=Path(cfg["dir"]).expanduser(), key_parts=parts)

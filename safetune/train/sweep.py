@@ -35,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from safetune.core import runs
+from safetune.core.errors import SafetuneError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _futures: list[tuple[str, Future]] = []
 _lock = threading.Lock()
 
 
-class SweepError(RuntimeError):
+class SweepError(SafetuneError, RuntimeError):
     """A sweep job failed or the sweep is misconfigured."""
 
 
@@ -246,7 +247,7 @@ def summarise_sweep(sweep_dir: str | os.PathLike[str]) -> dict[str, Any]:
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     if missing:
         lines += ["", f"Unfinished or failed jobs: {', '.join(missing)}"]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    runs.write_text(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

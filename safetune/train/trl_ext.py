@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from safetune.core.errors import EnvironmentProblem
 from safetune.train.dpo_config import SanityCheck
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _HOOKS: dict[str, tuple[str, ...]] = {
 }
 
 
-class TRLCompatibilityError(RuntimeError):
+class TRLCompatibilityError(EnvironmentProblem):
     """The installed TRL lacks a hook safetune overrides; the message names it and the tested version."""
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core.schema import Message, PreferenceExample, SchemaError, canonical_category, check_tactic
-from safetune.data.io import Loaded, check_on_error, iter_rows, text_field
+from safetune.data.io import Loaded, check_on_error, load_rows, text_field
 
 log = logging.getLogger(__name__)
 
@@ -212,5 +212,5 @@ def load(
             Path(path).parent.name if Path(path).suffix in {".gz", ".jsonl", ".json", ".parquet"} else ""
         )
         source = "hh_rlhf" + (f":{tag}" if tag else "")
-    rows = iter_rows(path, **{"split": "train", **hub})
-    return convert(rows, source=source, categories=categories, tactic=tactic, strict=strict, on_error=on_error)
+    opts = {"source": source, "categories": categories, "tactic": tactic, "strict": strict, "on_error": on_error}
+    return load_rows(path, lambda rows: convert(rows, **opts), on_error=on_error, **{"split": "train", **hub})

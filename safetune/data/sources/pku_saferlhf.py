@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import PreferenceExample, SchemaError, as_messages, canonical_category, check_tactic
-from safetune.data.io import Loaded, check_on_error, iter_rows, text_field
+from safetune.data.io import Loaded, check_on_error, load_rows, text_field
 
 HUB_ID = "PKU-Alignment/PKU-SafeRLHF"
 POLICIES = ("safer", "better", "agree", "safe_vs_unsafe")
@@ -168,7 +169,7 @@ def convert(
     on_error: str = "raise",
 ) -> Loaded:
     if policy not in POLICIES:
-        raise ValueError(f"pku_saferlhf: policy={policy!r}; expected one of {POLICIES}.")
+        raise InputError(f"pku_saferlhf: policy={policy!r}; expected one of {POLICIES}.")
     check_on_error(on_error)
     include, exclude = (
         _canon_list(categories_include, "categories_include"),
@@ -212,13 +213,13 @@ def load(
 ) -> Loaded:
     """Load PKU-SafeRLHF from the hub (``subset``, ``split``, ``revision``) or a local json/jsonl/parquet path."""
     subset = hub.get("subset")
-    return convert(
-        iter_rows(path, **{"split": "train", **hub}),
-        policy=policy,
-        categories_include=categories_include,
-        categories_exclude=categories_exclude,
-        min_severity=min_severity,
-        source=source or ("pku_saferlhf" + (f":{subset}" if subset else "")),
-        tactic=tactic,
-        on_error=on_error,
-    )
+    opts = {
+        "policy": policy,
+        "categories_include": categories_include,
+        "categories_exclude": categories_exclude,
+        "min_severity": min_severity,
+        "source": source or ("pku_saferlhf" + (f":{subset}" if subset else "")),
+        "tactic": tactic,
+        "on_error": on_error,
+    }
+    return load_rows(path, lambda rows: convert(rows, **opts), on_error=on_error, **{"split": "train", **hub})

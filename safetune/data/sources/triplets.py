@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from safetune.core.schema import PreferenceExample, SchemaError, as_messages, canonical_category, check_tactic
-from safetune.data.io import Loaded, check_on_error, iter_rows
+from safetune.data.io import Loaded, check_on_error, load_rows
 
 DEFAULT_COLUMNS = {
     "id": "id",
@@ -78,7 +78,7 @@ def row_to_example(
         if cols[req] not in row and not (req == "prompt" and isinstance(row.get(cols["chosen"]), list)):
             raise SchemaError(
                 f"{where}: missing field '{cols[req]}' (the {req} column); row has {sorted(row)}. "
-                f"Map it with data.sources[].columns.{req}=<your column>."
+                f"Map it with data.sources.0.columns.{req}=<your column> (the source's index in data.sources)."
             )
     prompt, chosen, rejected = _split_prompt_and_responses(
         row.get(cols["prompt"]), row[cols["chosen"]], row[cols["rejected"]], where
@@ -157,10 +157,10 @@ def load(
     **hub_kwargs: Any,
 ) -> Loaded:
     """Load triplets from a local file/dir/glob, ``bundled://``, or a hub id (``subset``, ``data_dir``, ``revision``)."""
-    return convert(
-        iter_rows(path, split=split, **hub_kwargs),
-        columns=columns,
-        source=source or ("safetune-bundled" if path.startswith("bundled://") else "triplets"),
-        category_map=category_map,
-        on_error=on_error,
-    )
+    opts = {
+        "columns": {k: v for k, v in (columns or {}).items() if v},  # null mappings keep the default column name
+        "source": source or ("safetune-bundled" if path.startswith("bundled://") else "triplets"),
+        "category_map": category_map,
+        "on_error": on_error,
+    }
+    return load_rows(path, lambda rows: convert(rows, **opts), on_error=on_error, split=split, **hub_kwargs)

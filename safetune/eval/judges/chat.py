@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from safetune.core.errors import InputError
+
 Conversation = list[dict[str, str]]
 
 
@@ -28,7 +30,7 @@ class ChatModel:
         owner: str = "judge",
     ):
         if generate_fn is None and not model:
-            raise ValueError(f"{owner} needs `model` (a chat model hub id or local dir) or a `generate_fn`.")
+            raise InputError(f"{owner} needs `model` (a chat model hub id or local dir) or a `generate_fn`.")
         self.model_name = model
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size

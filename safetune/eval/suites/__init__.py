@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from safetune.core.config import instantiate, legacy_target, to_plain
+from safetune.core.config import ConfigError, instantiate, legacy_target, to_plain
 from safetune.core.schema import EvalPrompt
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,15 @@ def load_suites(suite_cfg: Any, limit: int | None = None) -> list[EvalPrompt]:
 
 
 def limit_per_group(prompts: list[EvalPrompt], n: int | None) -> list[EvalPrompt]:
-    """Keep the first ``n`` prompts (by id) of each (suite, group): a deterministic, stratified subset."""
-    if not n:
+    """Keep the first ``n`` prompts (by id) of each (suite, group): a deterministic, stratified subset
+    (``None``: all prompts)."""
+    if n is None:
         return prompts
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"limit_per_group={n!r}: expected a whole number >= 1, or null for every prompt.",
+            hint="limit_per_group=null evaluates all prompts",
+        )
     seen: dict[tuple[str, str], int] = {}
     out = []
     for p in sorted(prompts, key=lambda p: (p.suite, p.group, p.id)):

@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from safetune.core.errors import MissingInputError
 from safetune.core.schema import EvalPrompt, SchemaError, canonical_category, check_tactic
 from safetune.data.io import iter_rows
 from safetune.eval.suites.common import prompt_from_row
@@ -51,5 +52,5 @@ def load(path: str, *, name: str, **_: Any) -> list[EvalPrompt]:
     """``path`` is 'harmful' or 'benign' (files in safetune/eval/bundled/)."""
     f = bundled_suite_dir() / f"{path}.jsonl"
     if not f.is_file():
-        raise FileNotFoundError(f"Bundled suite {path!r} not found at {f}; expected 'harmful' or 'benign'.")
+        raise MissingInputError(f"Bundled suite {path!r} not found at {f}; expected 'harmful' or 'benign'.")
     return load_jsonl(str(f), name=name, kind="harmful" if path == "harmful" else "benign")

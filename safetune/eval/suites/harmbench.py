@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import EvalPrompt, canonical_category
 from safetune.data.io import iter_rows
 from safetune.eval.suites.common import get_field, user_turn
@@ -21,7 +22,7 @@ def load(
 ) -> list[EvalPrompt]:
     """``copyright``: 'separate' (own suite ``<name>_copyright``), 'include' or 'drop'."""
     if copyright not in ("separate", "include", "drop"):
-        raise ValueError(f"harmbench option copyright={copyright!r}; expected 'separate', 'include' or 'drop'.")
+        raise InputError(f"harmbench option copyright={copyright!r}; expected 'separate', 'include' or 'drop'.")
     out = []
     for i, (where, row) in enumerate(iter_rows(path, split=split, subset=subset)):
         behavior = str(get_field(row, "Behavior", "prompt", where=where))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from safetune.core.errors import InputError
 from safetune.core.schema import EvalPrompt, canonical_category
 from safetune.data.io import iter_rows
 from safetune.eval.suites.common import get_field, user_turn
@@ -21,7 +22,7 @@ def load(
 ) -> list[EvalPrompt]:
     """JBB-Behaviors. ``kind`` 'harmful' or 'benign' picks the hub split (files are separate already)."""
     if kind not in ("harmful", "benign"):
-        raise ValueError(f"jbb option kind={kind!r}; expected 'harmful' or 'benign'.")
+        raise InputError(f"jbb option kind={kind!r}; expected 'harmful' or 'benign'.")
     out = []
     for i, (where, row) in enumerate(iter_rows(path, split=split or kind, subset=subset)):
         jcat = get_field(row, "category", where=where)
