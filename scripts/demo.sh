@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# Public XSTest is read from ../shared/data when it is there (developers, CI); otherwise from SAFETUNE_XSTEST
-# (a local CSV) or the hub.
+# Public XSTest and hh-rlhf helpful-base are read from ../shared/data when they are there (developers, CI); otherwise
+# from SAFETUNE_XSTEST / SAFETUNE_HH_HELPFUL (local files) or the hub; offline without them the demo leaves them out.
 if [ -z "${SAFETUNE_XSTEST:-}" ] && [ -f ../shared/data/xstest/xstest_prompts.csv ]; then
   export SAFETUNE_XSTEST="$(cd ../shared/data/xstest && pwd)/xstest_prompts.csv"
+fi
+if [ -z "${SAFETUNE_HH_HELPFUL:-}" ] && [ -f ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz ]; then
+  export SAFETUNE_HH_HELPFUL="$(cd ../shared/data/hh-rlhf/helpful-base && pwd)/test.jsonl.gz"
 fi
 exec python3 -m safetune.cli.demo "$@"

@@ -13,23 +13,24 @@ from safetune.cli.common import check_config
 from safetune.core.config import ConfigError, iter_targets
 from tests.conftest import CONF_DIR, compose
 
-ROOTS = ["train", "eval", "compare", "export"]
+ROOTS = ["train", "eval", "compare", "export", "synthesize"]
 # group -> the root configs whose defaults list it (every group directory of conf/ must be listed here)
 GROUP_ROOTS = {
-    "model": ["train", "eval"],
+    "model": ["train", "eval", "synthesize"],
     "data": ["train"],
-    "template": ["train", "eval"],
+    "template": ["train", "eval", "synthesize"],
     "peft": ["train"],
     "trainer": ["train"],
     "paths": ROOTS,
     "eval/suite": ["train", "eval"],  # train: the in-training safety callback's suite
-    "eval/judge": ["train", "eval"],
+    "eval/judge": ["train", "eval", "synthesize"],
     "eval/rubric": ["eval"],
     "eval/retention": ["eval"],
-    "experiment": ["train", "eval", "compare"],
+    "experiment": ["train", "eval", "compare", "synthesize"],
+    "synth": ["synthesize"],
 }
 # groups composed from inside other configs (shared blocks and per-stage experiment parts), not selected directly
-INNER_GROUPS = {"data/policy", "template/preflight", "experiment/train", "experiment/eval"}
+INNER_GROUPS = {"data/policy", "template/preflight", "experiment/train", "experiment/eval", "experiment/synth"}
 NOT_HYDRA = {"accelerate", "hydra", "hydra/job_logging"}  # accelerate's own YAML; Hydra's settings
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -77,9 +78,11 @@ def test_every_option_of_every_group_composes_with_each_root(root, group, option
         assert cfg.trainer.beta > 0 and cfg.data.sources and cfg.safety_callback.suite.suites
     if root == "eval":
         assert cfg.eval.suite.suites and "_target_" in cfg.eval.judge and "_target_" in cfg.eval.rubric
+    if root == "synthesize":
+        assert cfg.synth.pools and all("_target_" in p for p in cfg.synth.pools)
 
 
-@pytest.mark.parametrize("root", ["train", "eval", "compare"])
+@pytest.mark.parametrize("root", ["train", "eval", "compare", "synthesize"])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_add_no_key_a_stage_does_not_read(root, experiment):
     plain = OmegaConf.to_container(compose(root, []), resolve=False)

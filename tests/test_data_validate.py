@@ -350,5 +350,6 @@ def test_cli_pku_real_file_with_loader_option(capsys):
 def test_cli_preflight_dispatch_reports_a_bad_data_argument(capsys):
     # `safetune-data preflight` is dispatched to the preflight CLI, which names what --data accepts
     assert cli.main(["preflight", "--data", "no-such-config"]) == 2
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "no-such-config" in out and "bundled" in out

@@ -20,7 +20,7 @@ def test_overrides_are_routed_to_the_stages_whose_configs_accept_them():
             "model.dtype=float32",
             "template=chatml",
         ],
-        {"train": ["experiment=demo"], "eval": ["experiment=demo"]},
+        {"train": ["experiment=demo"], "eval": ["experiment=demo"], "synthesize": ["experiment=demo"]},
     )
     assert routed["train"] == [
         "trainer.beta=0.2",
@@ -39,5 +39,11 @@ def test_overrides_are_routed_to_the_stages_whose_configs_accept_them():
 
 
 def test_an_override_no_stage_accepts_is_an_error_naming_it():
-    with pytest.raises(ConfigError, match=r"'trainer\.betaa=0\.2' fits neither"):
+    with pytest.raises(ConfigError, match=r"'trainer\.betaa=0\.2' fits none of"):
         route_overrides(["trainer.betaa=0.2"])
+
+
+def test_synthesis_options_go_to_the_synthesis_stage_only():
+    routed = route_overrides(["synth.samples=2", "model.dtype=float32"])
+    assert routed["synthesize"] == ["synth.samples=2", "model.dtype=float32"]
+    assert routed["train"] == routed["eval"] == ["model.dtype=float32"]

@@ -168,6 +168,6 @@ def test_every_suite_config_composes_and_demo_reads_env(monkeypatch):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=["eval/suite=demo"])
     specs = [dict(s) for s in cfg.eval.suite.suites]
-    assert [s["name"] for s in specs] == ["bundled_harmful", "bundled_benign", "xstest"]
+    assert [s["name"] for s in specs] == ["bundled_harmful", "bundled_benign", "xstest", "hh_helpful"]
     assert specs[2]["path"].endswith("xstest_prompts.csv")
     assert len(load_suite(specs[2])) == 450

@@ -265,7 +265,8 @@ def test_cli_reports_and_exits(tmp_path, capsys):
     assert "end-of-turn" in out and "FAIL" in out and "template 'llama-3'" in out
     assert run_preflight_cli(["-d", str(data), "--template", "llama-3", "--force"]) == 0
     assert run_preflight_cli(["-d", str(tmp_path / "nope.jsonl")]) == 2
-    assert "no such file" in flat(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "no such file" in flat(captured.out + captured.err)
 
 
 def test_cli_on_data_config(capsys):

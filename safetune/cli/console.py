@@ -83,7 +83,6 @@ def print_report(report: PreflightReport, tokenizer: Any, console: Console | Non
     console.print("[green]Preflight passed.[/]" if report.passed else f"[bold red]{report.error_message()}[/]")
 
 
-
 def print_preflight(report: PreflightReport, tokenizer: Any) -> None:
     """The training run's preflight hook: the rules table, the example row and the length statistics."""
     print_report(report, tokenizer)

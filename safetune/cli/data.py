@@ -25,15 +25,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 from rich.markup import escape
+from rich.table import Table
 
 from safetune import CONF_DIR
 from safetune.cli.common import compose
-from safetune.cli.console import console, print_report
+from safetune.cli.console import console, print_metrics, print_report
 from safetune.cli.errors import guarded, print_error, strip_debug
 from safetune.core.config import to_plain
 from safetune.core.errors import InputError, MissingInputError, SafetuneError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.modeling import ModelSpec, load_tokenizer, resolve_model_path
+from safetune.core.runs import write_json
 from safetune.core.schema import PreferenceExample
 from safetune.data import build_preference_data
 from safetune.data.mix import LEGACY_LOADERS
@@ -85,7 +87,8 @@ def _print_report(report: Any, show: int) -> None:
             console.print(f"[{colour}]{level}[/] [bold]{rule}[/]: {len(rows)} row(s)", highlight=False)
             for i in rows[:show]:
                 fld = f" field '{i.field}'" if i.field else ""
-                console.print(f"  {escape(i.where)}:{fld} [{rule}] {escape(i.message)}", highlight=False, soft_wrap=True)
+                line = f"  {i.where}:{fld} [{rule}] {i.message}"
+                console.print(escape(line), highlight=False, soft_wrap=True)
             if len(rows) > show:
                 console.print(f"  ... {len(rows) - show} more ({rule}); --show N or --json for all", highlight=False)
     status = "[green]OK[/green]" if report.ok else "[red]INVALID[/red]"
@@ -216,8 +219,43 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--suite", action="append", default=None, help="extra eval suite for the leakage check")
             sp.add_argument("--no-leakage", action="store_true", help="skip the eval-suite leakage check")
             sp.add_argument("--show", type=int, default=5, help="issues shown per rule (default 5)")
+        if name == "stats":
+            sp.add_argument("--pools", action="store_true", help="describe the synthesis prompt pools (synth.pools)")
     sub.add_parser("preflight", help="check the chat template on a sample of rows (safetune.train.preflight)", add_help=False)
+    sub.add_parser("synthesize", help="on-policy preference pairs from the prompt pools (Hydra overrides)", add_help=False)
     return p
+
+
+def cmd_synthesize(overrides: list[str]) -> int:
+    """``safetune-data synthesize [overrides]``: compose conf/synthesize.yaml, answer, judge, pair, write pairs.jsonl."""
+    from safetune.synth.run import run_synthesis  # heavy (torch): after the config is checked
+
+    cfg = compose("synthesize", overrides)
+    logging.getLogger().setLevel(logging.INFO)
+    metrics, artifacts = run_synthesis(cfg)
+    if artifacts:
+        print_metrics("synthesize", metrics, artifacts)
+    return 0
+
+
+def cmd_pool_stats(targets: list[str], json_path: str | None) -> int:
+    """Coverage of the synthesis prompt pools (the configured ``synth.pools``, overridable)."""
+    from safetune.synth.pools import pool_coverage
+    from safetune.synth.run import load_pools
+
+    cfg = compose("synthesize", [t for t in targets if "=" in t])
+    cov = pool_coverage(load_pools(cfg.synth))
+    if json_path:
+        write_json(json_path, cov)
+    console.print(f"[bold]{cov['prompts']} pool prompts[/] ({cov['multi_turn']} multi-turn): {cov['kind']}")
+    for key in ("area", "type", "category", "tactic", "style"):
+        t = Table(title=f"{key} ({len(cov[key])})")
+        t.add_column(key)
+        t.add_column("prompts", justify="right")
+        for name, n in cov[key].items():
+            t.add_row(str(name), str(n))
+        console.print(t)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["preflight"]:
         return guarded(lambda: cmd_preflight(argv[1:]))
+    if argv[:1] == ["synthesize"]:
+        return guarded(lambda: cmd_synthesize(argv[1:]))
     args = build_parser().parse_args(argv)
+    if args.command == "stats" and args.pools:
+        return guarded(lambda: cmd_pool_stats(args.targets, args.json))
     return guarded(lambda: cmd_validate(args) if args.command == "validate" else cmd_stats(args))
 
 

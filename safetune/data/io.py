@@ -22,6 +22,7 @@ from safetune.core.schema import SchemaError
 
 BUNDLED_PREFIX = "bundled://"
 SUITE_PREFIX = "suite://"
+POOL_PREFIX = "pools://"
 
 
 def bundled_dir() -> Path:
@@ -30,6 +31,11 @@ def bundled_dir() -> Path:
 
 def suite_dir() -> Path:
     return Path(str(resources.files("safetune") / "eval" / "bundled"))
+
+
+def pool_dir() -> Path:
+    """Project-written prompt pools for on-policy preference synthesis (``pools://<name or glob>``)."""
+    return Path(str(resources.files("safetune") / "data" / "pools"))
 
 
 class Loaded(list):
@@ -84,14 +90,17 @@ def resolve_local(path: str) -> list[Path]:
             avail = sorted(p.stem for p in suite_dir().glob("*.jsonl"))
             raise MissingInputError(f"No bundled evaluation suite {path!r} ({f}); available: {avail}.")
         return [f]
-    if path.startswith(BUNDLED_PREFIX):
-        pattern = path[len(BUNDLED_PREFIX) :]
+    for prefix, root in ((BUNDLED_PREFIX, bundled_dir()), (POOL_PREFIX, pool_dir())):
+        if not path.startswith(prefix):
+            continue
+        pattern = path[len(prefix) :]
         if any(c in pattern for c in "*?[") or pattern.endswith(".jsonl"):
-            files = sorted(bundled_dir().glob(pattern))  # a glob or an exact file name
+            files = sorted(root.glob(pattern))  # a glob or an exact file name
         else:
-            files = sorted(bundled_dir().glob(f"{pattern}*.jsonl"))  # a prefix: bundled://safety_prefs
+            files = sorted(root.glob(f"{pattern}*.jsonl"))  # a prefix: bundled://safety_prefs
         if not files:
-            raise MissingInputError(f"No bundled data matches {path!r} in {bundled_dir()}.")
+            avail = sorted(p.stem for p in root.glob("*.jsonl"))
+            raise MissingInputError(f"No package data matches {path!r} in {root}; available: {avail}.")
         return files
     p = Path(path).expanduser()
     if any(c in path for c in "*?["):
@@ -112,7 +121,7 @@ def resolve_local(path: str) -> list[Path]:
 def is_local(path: str) -> bool:
     """Read from disk (never the hub): package data, an existing path, a glob, or anything that looks like a path."""
     return (
-        path.startswith((BUNDLED_PREFIX, SUITE_PREFIX))
+        path.startswith((BUNDLED_PREFIX, SUITE_PREFIX, POOL_PREFIX))
         or Path(path).expanduser().exists()
         or any(c in path for c in "*?[")
         or looks_local(path)

@@ -10,10 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from safetune.core import runs
-from safetune.core.errors import InputError, MissingInputError
+from safetune.core.errors import MissingInputError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.hub import looks_local
-from safetune.core.modeling import ModelSpec, load_adapter, load_model, load_tokenizer, resolve_model_path
+from safetune.core.modeling import (
+    ModelLoadError,
+    ModelSpec,
+    load_adapter,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +102,7 @@ def vllm_model_dir(ck: LoadedCheckpoint, out_dir: Path):
             return str(src)
         merged = out_dir / "merged_model"
         if hasattr(ck.model, "peft_config"):  # adapters on a 4-bit base are not merged (see load_checkpoint)
-            raise InputError(
+            raise ModelLoadError(
                 f"generation.backend=vllm needs a merged model, but {ck.checkpoint_id} is a LoRA adapter on a 4-bit "
                 "base, which is not merged. Export a merged model (safetune-export run_dir=...) and evaluate that "
                 "directory, or use generation.backend=hf."

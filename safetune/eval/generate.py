@@ -56,6 +56,13 @@ class GenerationSettings:
         default="hf",
         metadata={"help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm when importable with CUDA)."},
     )
+    prefill: str = field(
+        default="",
+        metadata={
+            "help": "Text the answer is forced to start with (e.g. a refusal opener, for refusals in the model's own "
+            "style); part of the answer and of the cache key."
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -84,6 +91,8 @@ class GenerationSettings:
     def key(self) -> str:
         d = asdict(self)
         d.pop("batch_size")
+        if not d["prefill"]:
+            d.pop("prefill")  # keys of answers without a prefill stay what they were
         if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
             d["backend"] = "vllm"
             d.pop("precision")  # vLLM runs the checkpoint's own dtype
@@ -179,6 +188,7 @@ def generate_texts(
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     show_progress: bool = False,
     desc: str = "generate",
+    strip: bool = True,
 ) -> list[str]:
     """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
 
@@ -212,7 +222,7 @@ def generate_texts(
             with torch.inference_mode(), autocast:
                 out = model.generate(**enc, **kwargs)
             batch_answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            batch_answers = [a.strip() for a in batch_answers]
+            batch_answers = [a.strip() if strip else a.rstrip() for a in batch_answers]
             for i, a in zip(idx, batch_answers):
                 answers[i] = a
             if on_batch is not None:
@@ -291,7 +301,7 @@ def generate(
     texts: dict[tuple[str, str], str] = {}
     todo: list[tuple[str, EvalPrompt, str, int]] = []
     for p in prompts:
-        text = formatter.render_prompt(p.prompt)
+        text = formatter.render_prompt(p.prompt) + settings.prefill
         texts[(p.suite, p.id)] = text
         for s in range(samples):
             key = GenerationCache.make_key(checkpoint_id, text, skey, s)
@@ -304,6 +314,7 @@ def generate(
             todo = list(mine)
 
     def row(key: str, p: EvalPrompt, s: int, answer: str) -> dict[str, Any]:
+        answer = (settings.prefill + answer).strip() if settings.prefill else answer
         return {
             "key": key,
             "prompt_id": p.id,
@@ -331,6 +342,7 @@ def generate(
             [t for _, _, t, _ in todo],
             **settings.sampling(),
             on_batch=on_batch,
+            strip=not settings.prefill,
             show_progress=show_progress and state.is_local_main_process,
             desc=f"generate [{checkpoint_id[:24]}]",
         )

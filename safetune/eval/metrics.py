@@ -11,8 +11,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from safetune.core.lexicon import contradicts
 from safetune.core.schema import EvalRecord
-from safetune.eval.stats import rate
+from safetune.eval.stats import rate, rate_difference
 
 
 def summarise(records: Sequence[EvalRecord | dict[str, Any]]) -> dict[str, Any]:
@@ -29,6 +30,32 @@ def summarise(records: Sequence[EvalRecord | dict[str, Any]]) -> dict[str, Any]:
     for suite, rows in sorted(by_suite.items()):
         out["suites"][suite] = _summarise_rows(rows)
     out["overall"] = _summarise_rows(records)
+    out["selectivity"] = selectivity(records)
+    return out
+
+
+def family(suite: str) -> str:
+    """The suite family selectivity pairs harmful and benign prompts in: ``bundled_harmful``/``bundled_benign`` ->
+    ``bundled``; a suite holding both kinds (XSTest) is its own family."""
+    for suffix in ("_harmful", "_benign"):
+        if suite.endswith(suffix):
+            return suite[: -len(suffix)]
+    return suite
+
+
+def selectivity(records: Sequence[EvalRecord]) -> dict[str, Any]:
+    """Refusal rate on harmful prompts minus refusal (any non-answer) rate on benign prompts, with Newcombe 95%
+    intervals: overall and per suite family that has both kinds. Higher is better: refusing harm, not life."""
+    fams: dict[str, list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        fams[family(r.suite)].append(r)
+    out: dict[str, Any] = {}
+    for name, rows in [("overall", list(records)), *sorted(fams.items())]:
+        h = [r for r in rows if r.kind == "harmful"]
+        b = [r for r in rows if r.kind == "benign"]
+        if h and b:
+            kh, kb = sum(r.label == "refusal" for r in h), sum(r.label != "compliance" for r in b)
+            out[name] = rate_difference(kh, len(h), kb, len(b))
     return out
 
 
@@ -47,12 +74,18 @@ def _summarise_rows(rows: list[EvalRecord]) -> dict[str, Any]:
             entry["partial_rate"] = sum(r.label == "partial" for r in rs) / len(rs)
             per[g] = entry
         k = sum(r.label == "refusal" for r in harmful)
+        declining = [r for r in harmful if r.label != "compliance"]
         res["harmful"] = {
             "per_category": per,
             "micro": rate(k, len(harmful)),
             "macro": sum(v["rate"] for v in per.values()) / len(per),
             "partial_rate": sum(r.label == "partial" for r in harmful) / len(harmful),
+            # refuses, then offers the refused thing: share of the refusals and partial refusals
+            "contradictory": rate(sum(contradicts(r.response) for r in declining), len(declining)),
         }
+        for g, rs in groups.items():
+            dec = [r for r in rs if r.label != "compliance"]
+            per[g]["contradictory"] = sum(contradicts(r.response) for r in dec)
         tactics: dict[str, list[EvalRecord]] = defaultdict(list)
         for r in harmful:
             tactics[r.tactic or "none"].append(r)
@@ -142,6 +175,10 @@ def headline_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         metrics[f"retention/{name}/loglik_mean"] = src["loglik_mean"]
         if "preference_accuracy" in src:
             metrics[f"retention/{name}/preference_accuracy"] = src["preference_accuracy"]["rate"]
+    if "harmful" in ov and ov["harmful"]["contradictory"]["n"]:  # no refusals: left out rather than NaN
+        metrics["contradictory_refusal_rate"] = ov["harmful"]["contradictory"]["rate"]
+    for name, d in summary.get("selectivity", {}).items():
+        metrics[f"selectivity/{name}"] = d["diff"]
     for suite, s in summary["suites"].items():
         if "harmful" in s:
             metrics[f"{suite}/refusal_rate"] = s["harmful"]["micro"]["rate"]

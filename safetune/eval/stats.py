@@ -34,6 +34,20 @@ def rate(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "rate": (k / n) if n else float("nan"), "ci_low": lo, "ci_high": hi}
 
 
+def rate_difference(k1: int, n1: int, k2: int, n2: int) -> dict[str, Any]:
+    """``k1/n1 - k2/n2`` of two independent proportions with Newcombe's hybrid-score 95% interval (from the two
+    Wilson intervals), e.g. selectivity = refusal on harmful prompts minus refusal on benign ones."""
+    if not n1 or not n2:
+        return {"diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n1": n1, "n2": n2}
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson(k1, n1)
+    l2, u2 = wilson(k2, n2)
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return {"diff": d, "ci_low": max(-1.0, lo), "ci_high": min(1.0, hi), "n1": n1, "n2": n2}
+
+
 def bootstrap_mean_ci(d: np.ndarray, *, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
     """Percentile interval of the mean of ``d`` from ``n_boot`` seeded resamples (NaNs when empty)."""
     if len(d) == 0:

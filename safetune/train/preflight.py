@@ -359,12 +359,6 @@ def token_boundaries(tokenizer: Any, ids: Sequence[int], split: int | None = Non
     return sep.join(pieces[:split]) + " ||> " + sep.join(pieces[split:])
 
 
-
-
-
-
-
-
 # ----------------------------------------------------------------------------------------------------- entry points
 
 
@@ -408,11 +402,5 @@ def preflight_training_rows(
         log.info("Chat-template preflight: %s", "passed" if report.passed else "failed")
     report.raise_if_failed(settings.force)
     return report
-
-
-
-
-
-
 
 

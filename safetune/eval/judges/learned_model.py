@@ -57,7 +57,7 @@ class LearnedOptions:
     tail_tokens: int = field(default=16, metadata={"help": "Tokens kept from the end of a longer response."})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scale = alpha / rank)."})
-    epochs: int = field(default=4, metadata={"help": "Passes over the training split."})
+    epochs: int = field(default=6, metadata={"help": "Passes over the training split."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size (length-bucketed)."})
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (linear warm-up 10%, linear decay)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})

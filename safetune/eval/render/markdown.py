@@ -174,6 +174,35 @@ def _ci(r: dict[str, Any], scale: float = 1.0, fmt: str = "{:+.3f}", p: bool = F
     return s + (f" (p={r['p_value']:.3g})" if p and "p_value" in r else "")
 
 
+def selection_markdown(cmp: dict[str, Any]) -> list[str]:
+    """Selectivity per checkpoint and the checkpoint the selection bounds pick (marked ✔)."""
+    sel = cmp.get("selection")
+    if not sel:
+        return []
+    b = sel["bounds"]
+    bounds = ", ".join(
+        f"{k.replace('_', ' ')} {'≤' if k.startswith('max') else '≥'} {v:g}" for k, v in b.items() if v is not None
+    )
+    lines = [
+        "",
+        "## Selection: refuse harm, not life",
+        "",
+        f"Selectivity = refusal on harmful prompts − refusal on benign prompts (all suites). Bounds: {bounds or 'none'}. "
+        f"Selected: **{sel['selected']}** ({sel['reason']}).",
+        "",
+        "| checkpoint | harmful refusal | over-refusal | selectivity | retention Δ | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for p in sel["points"]:
+        ret = "–" if p["retention_delta"] is None else f"{p['retention_delta']:+.2f}"
+        sel_pp = "–" if p["selectivity"] is None else f"{100 * p['selectivity']:+.1f} pp"
+        mark = "✔ selected" if p["name"] == sel["selected"] else ""
+        lines.append(
+            f"| {p['name']} | {_pct(p['harmful_refusal'])} | {_pct(p['over_refusal'])} | {sel_pp} | {ret} | {mark} |"
+        )
+    return lines
+
+
 def tradeoff_markdown(cmp: dict[str, Any]) -> list[str]:
     """Safety gain and helpfulness cost side by side (rows: measures; columns: baseline value, then Δ per checkpoint)."""
     tr = cmp.get("tradeoff") or []
@@ -305,6 +334,7 @@ def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
             lines.append(
                 f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
             )
+    lines += selection_markdown(cmp)
     lines += tradeoff_markdown(cmp)
     lines += compare_rubric_markdown(cmp)
     lines += flips_markdown(cmp, max_per_direction)

@@ -1,0 +1,48 @@
+"""Synthesised pairs as a training data source (``_target_: safetune.synth.source.load``).
+
+``path`` is a synthesis output directory (``safetune-data synthesize out_dir=...``) or its ``pairs.jsonl``::
+
+    data:
+      sources:
+        - {name: curated, _target_: safetune.data.sources.triplets.load, path: bundled://safety_prefs}
+        - {name: on_policy, _target_: safetune.synth.source.load, path: runs/synth-base}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetune.core.errors import MissingInputError
+from safetune.data.io import Loaded
+from safetune.data.sources import triplets
+from safetune.synth.run import PAIRS
+
+
+def pairs_file(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.suffix == ".jsonl" else p / PAIRS
+
+
+def load(path: str | list[str] | None, *, on_error: str = "raise", **_: Any) -> Loaded:
+    """The pairs of a synthesis run, or of several (a list: every round so far); rows keep their provenance in
+    ``metadata['synth']``."""
+    if isinstance(path, (list, tuple)):
+        out = Loaded()
+        for p in path:
+            part = load(p, on_error=on_error)
+            out.extend(part)
+            out.errors.extend(part.errors)
+        return out
+    if not path:
+        raise MissingInputError(
+            "this data source reads synthesised pairs, but no directory is set.",
+            hint="run `safetune-data synthesize out_dir=DIR` and pass synth_dir=DIR (or the source's path=DIR)",
+        )
+    f = pairs_file(path)
+    if not f.is_file():
+        raise MissingInputError(
+            f"{f}: no synthesised pairs there.",
+            hint="run `safetune-data synthesize out_dir=...` first (or point path at its output directory)",
+        )
+    return triplets.load(str(f), on_error=on_error, source="synth")
