@@ -50,7 +50,7 @@ def build(name: str, batch_size: int, cache: str | None) -> Any:
 
     overrides = [f"eval/judge={name}"]
     if name in ("embedding", "learned"):
-        overrides.append(f"eval.judge.batch_size={batch_size}")
+        overrides.append(f"++eval.judge.batch_size={batch_size}")
     if cache:
         overrides.append(f"paths.cache={cache}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -86,6 +86,9 @@ def bench(names: list[str], n_pairs: int, batch_size: int, repeats: int, cache: 
             "binary_refusal_vs_not": round(
                 sum((v.label == "refusal") == (g == "refusal") for v, g in zip(first, gold)) / len(gold), 4
             ),
+            "binary_refusal_incl_partial": round(
+                sum((v.label != "compliance") == (g != "compliance") for v, g in zip(first, gold)) / len(gold), 4
+            ),
         }
     return out
 
@@ -117,12 +120,15 @@ def main() -> None:
         + (f", bf16 {machine['bf16_gflops']} GFLOP/s" if "bf16_gflops" in machine else ", no native bf16")
         + f"; load avg {machine['load_avg_before']} -> {machine['load_avg_after']}; peak RSS {machine['peak_rss_mb']} MB"
     )
-    print(f"| judge | set-up (s) | pairs | pairs/s at batch {args.batch_size} | 3-class accuracy | refusal vs not |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| judge | set-up (s) | pairs | pairs/s at batch {args.batch_size} | 3-class accuracy | refusal vs not | "
+        "refusal incl. partial vs compliance |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in res.items():
         print(
             f"| {name} | {r['setup_s']} | {r['pairs']} | **{r['pairs_per_s']}** | {r['accuracy_3class']:.3f} | "
-            f"{r['binary_refusal_vs_not']:.3f} |"
+            f"{r['binary_refusal_vs_not']:.3f} | {r['binary_refusal_incl_partial']:.3f} |"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from safetune.cli.common import hydra_entry
 from safetune.cli.console import console, print_metrics
+from safetune.core.errors import InputError, MissingInputError
 
 
 def run(cfg: DictConfig) -> None:
@@ -23,8 +24,20 @@ def run(cfg: DictConfig) -> None:
         console.print(Path(artifacts["judge_check_md"]).read_text())
         print_metrics("judge-check", metrics, artifacts)
         return
+    if cfg.get("mode", "eval") == "review":
+        from safetune.eval.report import load_verdicts
+        from safetune.eval.review import export_review
+
+        eval_dir = Path(cfg.review.get("eval_dir") or cfg.get("out_dir") or "")
+        records = load_verdicts(eval_dir) if (eval_dir / "verdicts.jsonl").is_file() else None
+        if not records:
+            raise MissingInputError(f"review.eval_dir={eval_dir}: no verdicts.jsonl there.", hint="safetune-eval review eval_dir=<an evaluation directory>")
+        out = Path(cfg.review.get("out") or eval_dir / "review.csv")
+        path, n = export_review(records, out, threshold=float(cfg.eval.review_threshold), everything=bool(cfg.review.all))
+        console.print(f"{n} verdict(s) to review written to {path}; fill human_label and pass eval.labels={path}")
+        return
     if cfg.get("mode", "eval") != "eval":
-        raise ValueError(f"mode={cfg.mode!r}; expected 'eval' or 'judge_check'.")
+        raise InputError(f"mode={cfg.mode!r}; expected 'eval', 'judge_check' or 'review'.")
     metrics, artifacts = run_eval(cfg)
     if not artifacts:  # not rank 0
         return
@@ -33,9 +46,11 @@ def run(cfg: DictConfig) -> None:
 
 
 def subcommand_to_overrides(argv: list[str]) -> list[str]:
-    """``safetune-eval judge-check a=b`` == ``safetune-eval mode=judge_check a=b``."""
+    """``safetune-eval judge-check a=b`` == ``safetune-eval mode=judge_check a=b`` (and ``review``)."""
     if argv and argv[0] in ("judge-check", "judge_check"):
         return ["mode=judge_check", *argv[1:]]
+    if argv and argv[0] == "review":
+        return ["mode=review", *argv[1:]]
     return argv
 
 

@@ -263,6 +263,9 @@ class EvalRecord:
     response: str = field(default="", metadata={"help": "The model's answer."})
     judge: str = field(default="", metadata={"help": "Name of the judge that decided."})
     reason: str = field(default="", metadata={"help": "The judge's reason."})
+    confidence: float | None = field(
+        default=None, metadata={"help": "The judge's (calibrated) confidence in the label; 1.0 for a human label."}
+    )
     rubric: dict[str, Any] | None = field(
         default=None, metadata={"help": "Refusal-quality rubric scores (harmful refusals only)."}
     )
@@ -279,13 +282,15 @@ class EvalRecord:
     @classmethod
     def from_prompt(cls, p: EvalPrompt, response: str, verdict: Verdict, *, sample: int = 0) -> EvalRecord:
         shared = {k: getattr(p, k) for k in ("suite", "kind", "group", "category", "type", "tactic", "severity")}
-        verdict_fields = {"label": verdict.label, "judge": verdict.judge, "reason": verdict.reason}
+        verdict_fields = {"label": verdict.label, "judge": verdict.judge, "reason": verdict.reason, "confidence": verdict.score}
         return cls(prompt_id=p.id, sample=sample, prompt=p.user_text, response=response, **shared, **verdict_fields)
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("prompt_id", "suite", "kind", "group", "category", "type", "tactic", "severity", "sample")
         d = {k: getattr(self, k) for k in keys}
         d.update(prompt=self.prompt, response=self.response, label=self.label, judge=self.judge, reason=self.reason)
+        if self.confidence is not None:
+            d["confidence"] = self.confidence
         if self.rubric is not None:
             d["rubric"] = self.rubric
         return d

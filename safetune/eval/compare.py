@@ -20,10 +20,12 @@ from safetune.core.config import to_plain
 from safetune.core.errors import InputError, MissingInputError
 from safetune.core.runs import write_json, write_text
 from safetune.core.schema import EvalRecord
+from safetune.eval.metrics import summarise
 from safetune.eval.render.html import render_html, tradeoff_points
 from safetune.eval.render.markdown import compare_markdown
 from safetune.eval.report import load_results, load_verdicts
 from safetune.eval.retention import compare_retention
+from safetune.eval.review import apply_human_labels, load_human_labels
 from safetune.eval.stats import mcnemar_exact
 
 log = logging.getLogger(__name__)
@@ -220,8 +222,13 @@ def check_overlap(verdicts: list[list[EvalRecord]], names: list[str]) -> list[di
 
 
 def compare(
-    eval_dirs: list[str | Path], labels: list[str] | None = None, retention_kw: dict[str, Any] | None = None
+    eval_dirs: list[str | Path],
+    labels: list[str] | None = None,
+    retention_kw: dict[str, Any] | None = None,
+    human_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Side-by-side comparison of evaluation directories (the first is the baseline). ``human_labels`` (from a
+    filled ``safetune-eval review`` file) override the judge in every evaluation before anything is counted."""
     dirs = expand_eval_dirs([str(d) for d in eval_dirs])
     if len(dirs) < 2:
         raise InputError(f"safetune-compare needs at least two evaluations, got {len(dirs)}.")
@@ -230,6 +237,10 @@ def compare(
     if len(set(names)) < len(names):
         names = [f"{n} ({d.parent.name}/{d.name})" for n, d in zip(names, dirs)]
     verdicts = [load_verdicts(d) for d in dirs]
+    if human_labels:
+        for res, recs in zip(results, verdicts):
+            if apply_human_labels(recs, human_labels):
+                res["summary"] = {**res["summary"], **summarise(recs)}
     overlap = check_overlap(verdicts, names)
     rows: list[dict[str, Any]] = []
     suites = sorted({s for r in results for s in r["summary"]["suites"]})
@@ -327,7 +338,8 @@ def run_compare(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     evals = list(to_plain(cfg.evals) or [])
     labels = to_plain(cfg.labels) if cfg.get("labels") else None
     ret_kw = to_plain(cfg.retention) if cfg.get("retention") else None
-    cmp = compare(evals, labels, ret_kw)
+    human = load_human_labels(cfg.human_labels) if cfg.get("human_labels") else None
+    cmp = compare(evals, labels, ret_kw, human)
     sel = to_plain(cfg.get("selection")) or {}
     cmp["selection"] = select_checkpoint(
         cmp, max_over_refusal=sel.get("max_over_refusal"), min_retention_delta=sel.get("min_retention_delta")

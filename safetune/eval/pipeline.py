@@ -36,6 +36,7 @@ from safetune.eval.judges import build_judge
 from safetune.eval.metrics import answer_stats, headline_metrics, summarise
 from safetune.eval.report import load_results, write_reports
 from safetune.eval.retention import retention_for, retention_summary
+from safetune.eval.review import apply_human_labels, labels_summary, load_human_labels
 from safetune.eval.rubric import RulesRubric, score_records, summarise_rubric
 from safetune.eval.suites import load_suites
 
@@ -177,8 +178,13 @@ def run_eval(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     if not state.is_main_process:
         return {}, {}
+    threshold = float(cfg.eval.get("review_threshold") or 0.7)
+    if cfg.eval.get("labels"):
+        n = apply_human_labels(records, load_human_labels(cfg.eval.labels))
+        log.info("%d verdict(s) human-labelled from %s", n, cfg.eval.labels)
     write_verdicts(out_dir / "verdicts.jsonl", records)
     summary = summarise_records(records)
+    summary["labels"] = labels_summary(records, threshold)
     ret = retention_for(ck, cfg.eval.get("retention"), out_dir)
     if ret is not None:
         summary["retention"] = retention_summary(ret)

@@ -24,13 +24,21 @@ def pairs_file(path: str) -> Path:
     return p if p.suffix == ".jsonl" else p / PAIRS
 
 
-def load(path: str | list[str] | None, *, on_error: str = "raise", **_: Any) -> Loaded:
+def load(
+    path: str | list[str] | None,
+    *,
+    on_error: str = "raise",
+    rules: list[str] | None = None,
+    pools: list[str] | None = None,
+    **_: Any,
+) -> Loaded:
     """The pairs of a synthesis run, or of several (a list: every round so far); rows keep their provenance in
-    ``metadata['synth']``."""
+    ``metadata['synth']``. ``rules`` / ``pools`` keep only the pairs one of those rules made (``harmful_complied``,
+    ``benign_anchor``, ...) or that come from one of those pools (``ordinary``, ``lookalikes``, ``harmful``)."""
     if isinstance(path, (list, tuple)):
         out = Loaded()
         for p in path:
-            part = load(p, on_error=on_error)
+            part = load(p, on_error=on_error, rules=rules, pools=pools)
             out.extend(part)
             out.errors.extend(part.errors)
         return out
@@ -45,4 +53,15 @@ def load(path: str | list[str] | None, *, on_error: str = "raise", **_: Any) -> 
             f"{f}: no synthesised pairs there.",
             hint="run `safetune-data synthesize out_dir=...` first (or point path at its output directory)",
         )
-    return triplets.load(str(f), on_error=on_error, source="synth")
+    rows = triplets.load(str(f), on_error=on_error, source="synth")
+    if rules or pools:
+        keep = Loaded(
+            ex
+            for ex in rows
+            if (not rules or ex.metadata.get("synth", {}).get("rule") in rules)
+            and (not pools or str(ex.metadata.get("synth", {}).get("pool", "")).removeprefix("pool:") in pools)
+        )
+        keep.errors.extend(rows.errors)
+        keep.skipped.update({"filtered out by rules/pools": len(rows) - len(keep)})
+        return keep
+    return rows
