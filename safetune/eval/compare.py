@@ -20,12 +20,14 @@ from safetune.core.config import to_plain
 from safetune.core.errors import InputError, MissingInputError
 from safetune.core.runs import write_json, write_text
 from safetune.core.schema import EvalRecord
-from safetune.eval.metrics import summarise
+from safetune.eval.metrics import selectivity, summarise
+from safetune.eval.render.browser import BROWSER_CSS, browser_html
+from safetune.eval.render.headline import HEADLINE_CSS, compare_cards, headline_html, headline_markdown
 from safetune.eval.render.html import render_html, tradeoff_points
 from safetune.eval.render.markdown import compare_markdown
-from safetune.eval.report import load_results, load_verdicts
+from safetune.eval.report import REVIEW_THRESHOLD, checkpoint_view, load_results, load_verdicts
 from safetune.eval.retention import compare_retention
-from safetune.eval.review import apply_human_labels, load_human_labels
+from safetune.eval.review import apply_human_labels, labels_summary, load_human_labels
 from safetune.eval.stats import mcnemar_exact
 
 log = logging.getLogger(__name__)
@@ -333,6 +335,23 @@ def select_checkpoint(
     return {"selected": best["name"], "reason": why, "within_bounds": bool(inside), "bounds": bounds, "points": pts}
 
 
+def report_inputs(
+    cmp: dict[str, Any], human_labels: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], list[list[EvalRecord]]]:
+    """Per checkpoint of ``cmp``: the headline's view (judge, its measured accuracy, labels, selectivity) and the
+    judged answers for the example browser, with the same human labels :func:`compare` applied."""
+    views, verdicts = [], []
+    for name, d in zip(cmp["names"], cmp["dirs"]):
+        res, recs = load_results(d), load_verdicts(d)
+        summary = res["summary"]
+        if human_labels and apply_human_labels(recs, human_labels):
+            thr = float((summary.get("labels") or {}).get("threshold") or REVIEW_THRESHOLD)
+            summary = {**summary, "selectivity": selectivity(recs), "labels": labels_summary(recs, thr)}
+        views.append(checkpoint_view(name, res["meta"], summary, recs))
+        verdicts.append(recs)
+    return views, verdicts
+
+
 def run_compare(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """``safetune-compare``: compare the configured eval dirs; write compare.json/md/html; return flat metrics."""
     evals = list(to_plain(cfg.evals) or [])
@@ -347,18 +366,24 @@ def run_compare(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.paths.evals) / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", cmp)
-    md = compare_markdown(cmp, int(cfg.get("max_flips") or 5))
-    write_text(out_dir / "compare.md", md)
+    views, verdicts = report_inputs(cmp, human)
+    cards = compare_cards(cmp, views)
+    max_flips = int(cfg.get("max_flips") or 5)
+    write_text(out_dir / "compare.md", compare_markdown(cmp, max_flips, head=headline_markdown(cards, cmp)))
     rubric = [(n, q["rubric"]) for n, q in cmp["quality"].items() if q.get("rubric")]
+    threshold = float((views[0].get("labels") or {}).get("threshold") or REVIEW_THRESHOLD)
     write_text(
         out_dir / "compare.html",
         render_html(
             "safetune comparison",
-            md,
+            compare_markdown(cmp, max_flips, tables_only=True),
             list(cmp["overall"].items()),
             rubric=rubric or None,
             tradeoff=tradeoff_points(cmp),
-        )
+            headline=headline_html(cards, cmp),
+            browser=browser_html(verdicts, cmp["names"], threshold),
+            css=HEADLINE_CSS + "\n" + BROWSER_CSS,
+        ),
     )
     overall = {
         f"{r['suite']}/{r['kind']}/{n}": v

@@ -12,6 +12,7 @@ low-confidence verdicts and the worst errors (the most confident wrong verdicts)
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from safetune.eval.stats import wilson
 log = logging.getLogger(__name__)
 
 DEFAULT_FILE = "judge_heldout.jsonl"
+ACCURACY_FILE = Path(__file__).resolve().parent / "bundled" / "judge_accuracy.json"
+SHIPPED_JUDGES = ("keyword", "embedding", "learned")
 XSTEST_LABELS = {"1_full_compliance": "compliance", "2_full_refusal": "refusal", "3_partial_refusal": "partial"}
 LOW_CONFIDENCE = 0.7
 WORST_ERRORS = 10
@@ -301,3 +304,66 @@ def run_judge_check(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "judge_check_md": str(out_dir / "judge_check.md"),
         "judge_check_json": str(out_dir / "judge_check.json"),
     }
+
+
+# ------------------------------------------------------------------- the shipped judges' measured agreement
+
+
+def accuracy_entry(res: dict[str, Any], labelled_file: str | Path) -> dict[str, Any]:
+    """The headline numbers of one :func:`check_judge` result, as stored in ``judge_accuracy.json``."""
+    partial = res["per_class"]["partial"]
+    return {
+        "n": res["n"],
+        "file": Path(labelled_file).name,
+        "binary_accuracy": res["binary_accuracy"],  # refusal vs not (partial counts as not)
+        "binary_accuracy_ci": res["binary_accuracy_ci"],
+        "refusal_incl_partial_accuracy": res["refusal_incl_partial_accuracy"],
+        "refusal_incl_partial_accuracy_ci": res["refusal_incl_partial_accuracy_ci"],
+        "accuracy": res["accuracy"],  # 3-class
+        "accuracy_ci": res["accuracy_ci"],
+        "partial_f1": partial["f1"],
+        "partial_f1_ci": partial["f1_ci"],
+        "ece": res["ece"],
+    }
+
+
+def measured_accuracy(judge: str | None = None, path: str | Path = ACCURACY_FILE) -> dict[str, Any] | None:
+    """The shipped judges' measured agreement with human labels on the bundled held-out set (package data written by
+    :func:`write_measured_accuracy`): ``{"file", "sha256", "judges": {name: entry}}``, or one judge's entry (None for
+    a judge that was not measured, e.g. ``hf_classifier``, ``llm_judge`` or ``human``)."""
+    p = Path(path)
+    if not p.is_file():
+        log.warning("%s is missing: judge accuracy shows as 'not measured' (regenerate it with "
+                    "safetune.eval.judge_check.write_measured_accuracy())", p)  # fmt: skip
+        return None
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if judge is None:
+        return data
+    return data.get("judges", {}).get(str(judge))
+
+
+def write_measured_accuracy(
+    path: str | Path = ACCURACY_FILE,
+    judges: tuple[str, ...] | list[str] = SHIPPED_JUDGES,
+    labelled: str | Path | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run the judge check of each shipped judge (``conf/eval/judge/<name>.yaml``, default options) on the bundled
+    held-out set and write ``judge_accuracy.json`` (regenerate it whenever a judge, its weights or the set change)."""
+    from safetune.core.modeling import cache_root
+    from safetune.core.runs import write_json
+
+    labelled = Path(labelled or bundled_file(DEFAULT_FILE))
+    rows = load_check_rows(labelled)
+    out: dict[str, Any] = {"file": labelled.name, "sha256": _sha(str(labelled)), "judges": {}}
+    for name in judges:
+        f = Path(CONF_DIR) / "eval" / "judge" / f"{name}.yaml"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} does not exist: {name!r} is not a judge config (conf/eval/judge/*.yaml).")
+        root = OmegaConf.create({"paths": {"cache": str(cache_root(cache_dir))}})
+        root.judge = OmegaConf.load(f)
+        out["judges"][name] = accuracy_entry(check_judge(build_judge(root.judge), rows), labelled)
+        log.info("judge %s: refusal vs not %.3f, 3-class %.3f on %d rows", name,
+                 out["judges"][name]["binary_accuracy"], out["judges"][name]["accuracy"], len(rows))  # fmt: skip
+    write_json(path, out)
+    return out

@@ -1,6 +1,9 @@
 """The files of an evaluation directory: results.json, report.md, results.csv, report.html (written), and the
 readers of results.json and verdicts.jsonl.
 
+Reports lead with the decision: the headline block (:mod:`safetune.eval.render.headline`), then the charts (HTML),
+then the tables, then (HTML) a filterable browser of every judged answer of ``verdicts.jsonl``.
+
 Extensible: ``write_reports(..., sections=[(title, markdown), ...])`` appends further sections to the Markdown and
 HTML; extra top-level keys of ``summary`` land in the JSON.
 """
@@ -10,15 +13,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from safetune.core.errors import MissingInputError
 from safetune.core.runs import write_json, write_text
 from safetune.core.schema import EvalRecord, SchemaError
 from safetune.data.io import iter_file_rows
+from safetune.eval.render.browser import BROWSER_CSS, browser_html
+from safetune.eval.render.headline import HEADLINE_CSS, eval_cards, headline_html, headline_markdown, review_markdown
 from safetune.eval.render.html import render_html
-from safetune.eval.render.markdown import report_markdown
+from safetune.eval.render.markdown import report_markdown, report_tables_markdown
+from safetune.eval.review import labels_summary
+from safetune.eval.stats import t_mean_ci
+
+log = logging.getLogger(__name__)
+
+REVIEW_THRESHOLD = 0.7  # the default eval.review_threshold, for summaries written without ``labels``
 
 
 def category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -32,18 +46,77 @@ def category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def retention_intervals(out_dir: Path) -> dict[str, list[float]]:
+    """Student-t 95% intervals of the mean helpful log-likelihood per retention source, from ``retention.json``
+    (empty when retention was not run)."""
+    p = out_dir / "retention.json"
+    if not p.is_file():
+        return {}
+    try:
+        sources = json.loads(p.read_text(encoding="utf-8")).get("sources", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        log.warning("%s: unreadable (%s); the headline shows retention without an interval "
+                    "(delete the file and re-run safetune-eval to recompute it)", p, e)  # fmt: skip
+        return {}
+    return {
+        name: list(t_mean_ci(np.asarray(src["loglik"], dtype=float), 0.95))
+        for name, src in sources.items()
+        if isinstance(src, dict) and src.get("loglik")
+    }
+
+
+def checkpoint_view(
+    name: str, meta: dict[str, Any], summary: dict[str, Any], records: list[EvalRecord]
+) -> dict[str, Any]:
+    """What the headline shows of a checkpoint besides its rates: judge, the judge's measured accuracy, labels."""
+    from safetune.eval.judge_check import measured_accuracy  # the judges (torch) only when a report is written
+
+    judge = str(meta.get("judge") or "")
+    return {
+        "name": name,
+        "judge": judge or "unknown",
+        "judge_accuracy": measured_accuracy(judge) if judge else None,
+        "labels": summary.get("labels") or (labels_summary(records, REVIEW_THRESHOLD) if records else None),
+        "n_verdicts": len(records) if records else None,
+        "selectivity": summary.get("selectivity"),
+    }
+
+
 def write_reports(
-    out_dir: Path, summary: dict[str, Any], meta: dict[str, Any], sections: list[tuple[str, str]] | None = None
+    out_dir: Path,
+    summary: dict[str, Any],
+    meta: dict[str, Any],
+    sections: list[tuple[str, str]] | None = None,
+    records: list[EvalRecord] | None = None,
 ) -> dict[str, str]:
-    """results.json, report.md, results.csv, report.html. ``sections``: extra (title, markdown) parts."""
+    """results.json, report.md, results.csv, report.html. ``sections``: extra (title, markdown) parts; ``records``:
+    the judged answers (default: the directory's verdicts.jsonl, which the eval stage writes first) for the
+    headline's verdict counts and the HTML example browser. A summary without ``labels`` gets them here (threshold
+    :data:`REVIEW_THRESHOLD`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if records is None:
+        records = load_verdicts(out_dir)
+    if "labels" not in summary and records:
+        summary = {**summary, "labels": labels_summary(records, REVIEW_THRESHOLD)}
     write_json(out_dir / "results.json", {"meta": meta, "summary": summary})
     title = f"safetune evaluation — {meta.get('label', '')}"
-    md = report_markdown(summary, meta, sections)
-    write_text(out_dir / "report.md", md)
     label = str(meta.get("label", ""))
+    cards = eval_cards(summary, checkpoint_view(label, meta, summary, records), retention_intervals(out_dir))
+    review = review_markdown(summary.get("labels"))
+    secs = [*(sections or []), *([("Review these: low-confidence verdicts", review)] if review else [])]
+    write_text(out_dir / "report.md", report_markdown(summary, meta, secs, head=headline_markdown(cards)))
     rubric = [(label, summary["rubric"])] if summary.get("rubric") else None
-    write_text(out_dir / "report.html", render_html(title, md, [(label, summary["overall"])], rubric=rubric))
+    threshold = float((summary.get("labels") or {}).get("threshold") or REVIEW_THRESHOLD)
+    page = render_html(
+        title,
+        report_tables_markdown(summary, secs),
+        [(label, summary["overall"])],
+        rubric=rubric,
+        headline=headline_html(cards),
+        browser=browser_html([records], [label], threshold),
+        css=HEADLINE_CSS + "\n" + BROWSER_CSS,
+    )
+    write_text(out_dir / "report.html", page)
     rows = category_rows(summary)
     buf = io.StringIO()
     w = csv.DictWriter(

@@ -1,2 +1,3 @@
-"""Rendering of evaluation reports and comparisons: Markdown (:mod:`.markdown`) and self-contained HTML with charts
-(:mod:`.html`)."""
+"""Rendering of evaluation reports and comparisons, decision first: the headline block per checkpoint
+(:mod:`.headline`), Markdown tables (:mod:`.markdown`), and self-contained HTML pages with charts (:mod:`.html`) and
+a filterable browser of every judged answer (:mod:`.browser`)."""

@@ -3,7 +3,9 @@
 Charts: per-category refusal bars with Wilson 95% intervals (one bar per checkpoint), per-type over-refusal bars,
 safety (harmful refusal) vs over-refusal (benign) across checkpoints, the graceful-refusal rubric per category
 (:func:`rubric_bars`), and the safety / helpfulness trade-off across checkpoints and sweep members
-(:func:`tradeoff_plot`).
+(:func:`tradeoff_plot`). Every chart has a legend naming its checkpoints and saying what the whiskers are.
+
+Page order (:func:`render_html`): headline block, charts, tables, example browser.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def _barh(
     xlabel: str,
     title: str,
     zero_line: bool = False,
+    legend_title: str = "checkpoint",
 ) -> str:
-    """Horizontal grouped bars: ``series`` is (name, {group: (value, err_low, err_high)}), one bar per name."""
+    """Horizontal grouped bars: ``series`` is (name, {group: (value, err_low, err_high)}), one bar per name; the
+    legend names each bar's checkpoint (and, in its title, what the whiskers are)."""
     plt = _plt()
     n = len(series)
     height = 0.8 / n
@@ -60,7 +64,7 @@ def _barh(
         ax.axvline(0, color="#888", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right", title=legend_title, title_fontsize=8)
     return _png(fig)
 
 
@@ -80,7 +84,14 @@ def group_bars(entries: list[tuple[str, dict[str, Any]]], kind: str, title: str)
         )
         for name, s in entries
     ]
-    return _barh(groups, series, xlim=(0, 100), xlabel="refusal rate (%) with Wilson 95% CI", title=title)
+    return _barh(
+        groups,
+        series,
+        xlim=(0, 100),
+        xlabel="refusal rate (%) with Wilson 95% CI",
+        title=title,
+        legend_title="bars: checkpoint; whiskers: Wilson 95% CI",
+    )
 
 
 def _err(x: float) -> float:
@@ -102,6 +113,7 @@ def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
             yerr=[[_err(h["rate"] - h["ci_low"])], [_err(h["ci_high"] - h["rate"])]],
             fmt="o",
             capsize=3,
+            label=name,
         )
         ax.annotate(name, (100 * b["rate"], 100 * h["rate"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlim(-4, 104)  # a margin: points at 0% or 100% would otherwise be clipped at the axes' edge
@@ -109,6 +121,7 @@ def safety_scatter(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
     ax.set_xlabel("over-refusal on benign prompts (%)  ← better")
     ax.set_ylabel("refusal on harmful prompts (%)  ↑ safer")
     ax.set_title("safety vs over-refusal")
+    ax.legend(fontsize=8, loc="best", title="points: checkpoint; whiskers: Wilson 95% CI", title_fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -126,6 +139,7 @@ def rubric_bars(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
         xlabel="mean graceful-refusal rubric score of refusals (-5..5)  → better",
         title="refusal quality per category",
         zero_line=True,
+        legend_title="bars: checkpoint (mean score)",
     )
 
 
@@ -145,7 +159,7 @@ def tradeoff_plot(points: list[dict[str, Any]]) -> str | None:
         yerr = None
         if lo is not None and hi is not None and lo == lo and hi == hi:
             yerr = [[max(0.0, p["y"] - lo)], [max(0.0, hi - p["y"])]]
-        ax.errorbar(100 * p["x"], p["y"], yerr=yerr, fmt="o", capsize=3)
+        ax.errorbar(100 * p["x"], p["y"], yerr=yerr, fmt="o", capsize=3, label=p["name"])
         ax.annotate(p["name"], (100 * p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("refusal on harmful prompts (%)  → safer")
@@ -153,6 +167,8 @@ def tradeoff_plot(points: list[dict[str, Any]]) -> str | None:
     if any(p.get("y_low") is not None for p in pts):  # a delta measure: mark "no change"
         ax.axhline(0, color="#888", lw=0.8)
     ax.set_title("safety gain vs helpfulness cost")
+    whiskers = "; whiskers: paired bootstrap 95% CI" if any(p.get("y_low") is not None for p in pts) else ""
+    ax.legend(fontsize=8, loc="best", title=f"points: checkpoint{whiskers}", title_fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -232,7 +248,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child,td:nth-child(2),td:nth-child(3){text-align:left}th{background:#f3f3f3}
 img{max-width:100%;margin:1em 0}blockquote{color:#555;border-left:3px solid #ccc;margin:0.3em 0;padding-left:0.8em;
-font-size:13px;white-space:pre-wrap}code{background:#f3f3f3;padding:0 3px}"""
+font-size:13px;white-space:pre-wrap}code{background:#f3f3f3;padding:0 3px}#tables{overflow-x:auto}"""
 
 
 def render_html(
@@ -242,20 +258,27 @@ def render_html(
     *,
     rubric: list[tuple[str, dict[str, Any]]] | None = None,
     tradeoff: list[dict[str, Any]] | None = None,
+    headline: str = "",
+    browser: str = "",
+    css: str = "",
 ) -> str:
-    """A self-contained page: charts first, then the Markdown report as HTML.
+    """A self-contained page, decision first: the ``headline`` block (HTML), the charts, the Markdown tables as
+    HTML, then the example ``browser`` (HTML with its inline script).
 
-    ``rubric``: (name, summary['rubric']) per checkpoint; ``tradeoff``: :func:`tradeoff_plot` points."""
+    ``markdown``: the report's tables (without its headline, which ``headline`` shows); ``rubric``: (name,
+    summary['rubric']) per checkpoint; ``tradeoff``: :func:`tradeoff_plot` points; ``css``: extra style rules."""
     charts = [
-        tradeoff_plot(tradeoff) if tradeoff else None,
         safety_scatter(entries),
+        tradeoff_plot(tradeoff) if tradeoff else None,
         group_bars(entries, "harmful", "refusal on harmful prompts, per category"),
         group_bars(entries, "benign", "over-refusal on benign prompts, per type"),
         rubric_bars(rubric) if rubric else None,
     ]
     imgs = "\n".join(f'<img alt="chart" src="{c}">' for c in charts if c)
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{imgs}\n{markdown_to_html(markdown)}\n"
-        "</body></html>\n"
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}\n{css}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        f"{headline}\n<section id='charts'><h2>Charts</h2>\n{imgs}\n</section>\n"
+        f"<section id='tables'>\n{markdown_to_html(markdown)}\n</section>\n{browser}\n</body></html>\n"
     )

@@ -1,8 +1,9 @@
 """Markdown for evaluation reports (report.md) and comparisons (compare.md).
 
-Reports: a headline paragraph, per-suite refusal / over-refusal tables with Wilson intervals, refusal by tactic,
-the refusal-quality rubric and capability sections. Comparisons: the side-by-side per-group table with deltas,
-paired exact McNemar tests, the safety-gain vs helpfulness-cost table, the rubric per category and flipped examples.
+Reports: (after the headline block of :mod:`.headline`) per-suite refusal / over-refusal tables with Wilson
+intervals, refusal by tactic, the refusal-quality rubric and capability sections. Comparisons: the side-by-side
+per-group table with deltas, paired exact McNemar tests, the safety-gain vs helpfulness-cost table, the rubric per
+category and flipped examples.
 """
 
 from __future__ import annotations
@@ -48,27 +49,6 @@ def markdown_table(summary: dict[str, Any], title: str = "") -> str:
             if kind in s:
                 lines += _table(suite, kind, s[kind])
     return "\n".join(lines)
-
-
-def headline(summary: dict[str, Any]) -> str:
-    """One paragraph: overall refusal, over-refusal, partial and severity-weighted rates."""
-    ov = summary.get("overall", {})
-    parts = []
-    if "harmful" in ov:
-        h = ov["harmful"]
-        m = h["micro"]
-        sev = f"; severity-weighted {_pct(h['severity_weighted'])}" if "severity_weighted" in h else ""
-        parts.append(
-            f"Refused **{_pct(m['rate'])}** of {m['n']} harmful prompts (95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; "
-            f"macro over categories {_pct(h['macro'])}; partial refusals {_pct(h['partial_rate'])}{sev})."
-        )
-    if "benign" in ov:
-        m = ov["benign"]["micro"]
-        parts.append(
-            f"Over-refused **{_pct(m['rate'])}** of {m['n']} benign prompts "
-            f"(95% CI {_pct(m['ci_low'])}–{_pct(m['ci_high'])}; macro over types {_pct(ov['benign']['macro'])})."
-        )
-    return " ".join(parts)
 
 
 def tactic_table(summary: dict[str, Any]) -> str:
@@ -146,16 +126,25 @@ def quality_sections(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def report_markdown(summary: dict[str, Any], meta: dict[str, Any], sections: list[tuple[str, str]] | None = None) -> str:
-    """The evaluation report (report.md): headline, per-suite tables, tactics, then quality and extra sections."""
-    title = f"safetune evaluation — {meta.get('label', '')}"
-    md = (
-        f"# {title}\n\ncheckpoint: `{meta.get('checkpoint')}` · judge: `{meta.get('judge', '')}`\n\n"
-        f"{headline(summary)}\n" + markdown_table(summary) + "\n" + tactic_table(summary)
-    )
+def report_tables_markdown(summary: dict[str, Any], sections: list[tuple[str, str]] | None = None) -> str:
+    """The tables of an evaluation report: per suite, tactics, then quality and extra sections."""
+    md = markdown_table(summary, "Per suite and group") + "\n" + tactic_table(summary)
     for sec_title, sec_md in [*quality_sections(summary), *(sections or [])]:
         md += f"\n## {sec_title}\n\n{sec_md}\n"
     return md
+
+
+def report_markdown(
+    summary: dict[str, Any],
+    meta: dict[str, Any],
+    sections: list[tuple[str, str]] | None = None,
+    head: str = "",
+) -> str:
+    """The evaluation report (report.md): title, the ``head`` (the headline block,
+    :mod:`safetune.eval.render.headline`), then :func:`report_tables_markdown`."""
+    title = f"safetune evaluation — {meta.get('label', '')}"
+    intro = f"# {title}\n\ncheckpoint: `{meta.get('checkpoint')}` · judge: `{meta.get('judge', '')}`\n\n"
+    return intro + (f"{head}\n" if head else "") + report_tables_markdown(summary, sections)
 
 
 # ------------------------------------------------------------------------------------------------- comparisons
@@ -291,16 +280,21 @@ def compare_rubric_markdown(cmp: dict[str, Any]) -> list[str]:
     return lines
 
 
-def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
+def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5, head: str = "", tables_only: bool = False) -> str:
+    """compare.md: the ``head`` (headline block with the selection, :mod:`safetune.eval.render.headline`), then the
+    per-group table, McNemar tests, the selection (unless ``head`` holds it), trade-off, rubric, flips.
+    ``tables_only``: no title, head or selection (the HTML page shows those as its headline block)."""
     names = cmp["names"]
-    head = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
+    cols = "| suite | kind | group | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |"
     sep = "|---|---|---|" + "---:|" * (2 * len(names) - 1)
     lines = [
-        "# safetune comparison",
+        *([] if tables_only else ["# safetune comparison", ""]),
+        *([head.rstrip("\n"), ""] if head and not tables_only else []),
+        "## Per suite and group",
         "",
         "Harmful rows: refusal rate (higher is safer). Benign rows: over-refusal rate (lower is better).",
         "",
-        head,
+        cols,
         sep,
     ]
     for r in cmp["rows"]:
@@ -334,7 +328,8 @@ def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5) -> str:
             lines.append(
                 f"| {t['baseline']} → {t['other']} | {t['kind']} | {gname} | {v['n']} | {v['now_refuses']} | {v['no_longer_refuses']} | {v['p_value']:.3g} |"
             )
-    lines += selection_markdown(cmp)
+    if not head and not tables_only:
+        lines += selection_markdown(cmp)
     lines += tradeoff_markdown(cmp)
     lines += compare_rubric_markdown(cmp)
     lines += flips_markdown(cmp, max_per_direction)
