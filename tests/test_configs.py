@@ -95,7 +95,7 @@ def test_the_demo_experiment_splits_into_stage_deltas():
     ev = compose("eval", ["experiment=demo"])
     assert train.name == ev.name == "demo"
     assert train.trainer.beta == 0.02 and len(train.data.sources) == 3 and train.peft.top_layers == 10
-    assert ev.limit_per_group == 5 and ev.generation.max_new_tokens == 40
+    assert ev.limit_per_group is None and ev.generation.max_new_tokens == 40 and ev.generation.batch_size == 128
     assert "trainer" not in ev and "generation" not in train
 
 
