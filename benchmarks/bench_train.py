@@ -16,6 +16,9 @@ one after another in one invocation, on the same rows, model, batch size, max le
 * ``safetune_grouped``  — safetune's defaults with ``trainer.train_sampling_strategy=group_by_length`` (batches of
                           similar length: less padding, a different data order). TRL 1.16's ``padding_free`` is
                           not a variant: TRL disables it ("temporarily unavailable") and pads anyway.
+* ``safetune_packed``   — safetune's defaults with ``trainer.pack_sequences=true``: each batch's sequences laid end
+                          to end in rows of ``max_length`` with block-diagonal attention (no padding; same data
+                          order and the same loss within fp32 tolerance).
 * ``trl_plain_bf16``    — the plain TRL script with ``bf16=True`` (CPU autocast).
 * ``safetune_bf16``     — safetune's defaults with bf16 autocast (its default on CPUs with native bf16).
 
@@ -54,6 +57,8 @@ VARIANTS = [
     "safetune_as_trl",
     "safetune_top4",
     "safetune_grouped",
+    "safetune_packed",
+    "safetune_compiled",
     "trl_plain_bf16",
     "safetune_bf16",
 ]
@@ -297,6 +302,8 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
             "safetune_grouped": ["+trainer.train_sampling_strategy=group_by_length"],
+            "safetune_packed": ["trainer.pack_sequences=true"],
+            "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],
             "safetune_bf16": ["trainer.bf16=null"],
         }[name]
         cfg = compose_train(train_overrides(a, model, data_file, str(work / name)) + extra)

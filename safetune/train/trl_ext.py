@@ -129,10 +129,13 @@ def make_trainer_class():
             ref_cache: Any = None,
             sanity: SanityCheck | None = None,
             max_completion_length: int | None = None,
+            pack_sequences: bool | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
             self._safetune_max_completion = max_completion_length
+            self._safetune_pack = bool(pack_sequences)
+            self._safetune_pack_verified = False
             self._safetune_ref_cache = ref_cache
             self._safetune_sanity = sanity
             self._safetune_checked = False
@@ -184,13 +187,33 @@ def make_trainer_class():
             cols = Dataset.from_dict({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
             return concatenate_datasets([dataset, cols], axis=1)
 
+        def _packed(self, model):
+            """The model, or a packed-sequence stand-in for it (``trainer.pack_sequences``; see train/packing.py)."""
+            if not self._safetune_pack or getattr(self, "aux_loss_enabled", False):
+                return model
+            from safetune.train.packing import PackedForward
+
+            pad = getattr(getattr(self, "_tokenizer", None), "pad_token_id", None) or 0
+            # the first batch that really packs is checked against the padded pass, once
+            return PackedForward(model, pad, capacity=self.args.max_length, verify=not self._safetune_pack_verified)
+
+        def _note_verified(self, model) -> None:
+            if getattr(model, "verified_max_diff", None) is not None:
+                self._safetune_pack_verified = True
+                log.info("pack_sequences: packed == padded log-probs (worst %.2g nats)", model.verified_max_diff)
+
         def compute_ref_log_probs(self, model, inputs):
+            model = self._packed(model)
             with completion_positions_only():
-                return super().compute_ref_log_probs(model, inputs)
+                out = super().compute_ref_log_probs(model, inputs)
+            self._note_verified(model)
+            return out
 
         def _compute_loss(self, model, inputs, return_outputs):
+            model = self._packed(model)
             with completion_positions_only():
                 out = super()._compute_loss(model, inputs, return_outputs)
+            self._note_verified(model)
             sanity = self._safetune_sanity
             if self._safetune_checked or sanity is None or not sanity.enabled or not self.model.training:
                 return out

@@ -1,0 +1,193 @@
+"""Packed DPO forward passes: several sequences per row, each attending only to itself (``trainer.pack_sequences``).
+
+TRL 1.16 pads every chosen and rejected sequence of a batch to the longest one (its own ``padding_free`` is
+disabled for DPO). Chosen and rejected answers differ in length (a short refusal next to a long compliance), so a
+large share of each padded batch is padding the model still runs through every layer. :class:`PackedForward`
+stands in for the model inside TRL's loss and reference pass: it lays the real tokens of the ``(2B, L)`` padded
+batch end to end into as few rows of ``trainer.max_length`` tokens (at least ``L``) as first-fit decreasing allows, restarts ``position_ids`` at
+every sequence start and passes no ``attention_mask``; transformers then detects the packed layout from the
+positions and builds a block-diagonal causal mask, so no sequence attends to another (tested by changing one
+sequence and checking its row-mates' log-probs do not move). The per-token outputs (log-probs, entropy, mean
+logits, top-1 flags) are scattered back to the padded ``(2B, L-1)`` layout, so every TRL loss type, length
+weighting and metric downstream runs unchanged, and the log-probs equal the padded pass's within float tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from safetune.core.config import ConfigError
+
+# per-token fields of TRL's FusedCausalLMOutput, (rows, width - 1) each
+PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+@dataclass
+class PackPlan:
+    """Where each sequence of a right-padded batch goes in the packed rows."""
+
+    lengths: list[int]  # real tokens of each sequence
+    row: list[int]  # packed row of each sequence
+    offset: list[int]  # first column of each sequence in its row
+    rows: int
+    width: int  # packed row width (the longest filled row)
+
+    @property
+    def padded_tokens_saved(self) -> int:
+        return 0 if not self.lengths else len(self.lengths) * max(self.lengths) - self.rows * self.width
+
+
+def plan_packing(lengths: list[int], capacity: int) -> PackPlan:
+    """First-fit decreasing: longest sequences first, each into the first row with room (rows hold ``capacity``)."""
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {capacity}")
+    fill: list[int] = []
+    row, offset = [0] * len(lengths), [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        r = next((k for k, used in enumerate(fill) if used + n <= capacity), None)
+        if r is None:
+            fill.append(0)
+            r = len(fill) - 1
+        row[i], offset[i] = r, fill[r]
+        fill[r] += n
+    return PackPlan(lengths=list(lengths), row=row, offset=offset, rows=len(fill), width=max(fill, default=0))
+
+
+def _index_maps(plan: PackPlan, padded_width: int, device: Any) -> tuple[torch.Tensor, ...]:
+    """Flat indices: padded token -> packed token, and padded next-token output -> packed output."""
+    tok_src, tok_dst, out_src, out_dst = [], [], [], []
+    for i, (n, r, o) in enumerate(zip(plan.lengths, plan.row, plan.offset, strict=True)):
+        tok_src.extend(range(i * padded_width, i * padded_width + n))
+        tok_dst.extend(range(r * plan.width + o, r * plan.width + o + n))
+        # output position j predicts token j + 1; a sequence of n tokens has n - 1 such positions
+        out_src.extend(range(r * (plan.width - 1) + o, r * (plan.width - 1) + o + n - 1))
+        out_dst.extend(range(i * (padded_width - 1), i * (padded_width - 1) + n - 1))
+
+    def t(x: list[int]) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    return t(tok_src), t(tok_dst), t(out_src), t(out_dst)
+
+
+def pack_batch(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    pad_token_id: int,
+    capacity: int | None = None,
+) -> tuple[dict[str, torch.Tensor], PackPlan, tuple[torch.Tensor, ...]]:
+    """Pack a right-padded batch into rows of ``max(capacity, batch width)`` tokens.
+
+    Returns the model inputs (no attention mask), the plan and the index maps.
+    """
+    if attention_mask.dim() != 2:
+        raise ValueError("packing needs a 2-D (batch, length) attention mask")
+    lengths = attention_mask.sum(dim=1).tolist()
+    width = input_ids.size(1)
+    plan = plan_packing([int(n) for n in lengths], max(width, capacity or 0))
+    maps = _index_maps(plan, width, input_ids.device)
+    tok_src, tok_dst = maps[0], maps[1]
+    size = plan.rows * plan.width
+    ids = input_ids.new_full((size,), pad_token_id).index_copy(0, tok_dst, input_ids.reshape(-1)[tok_src])
+    # positions restart at every sequence (and at the padding tail of a row, which becomes its own block)
+    pos = torch.zeros(size, dtype=torch.long, device=input_ids.device)
+    starts = torch.zeros(size, dtype=torch.bool, device=input_ids.device)
+    for n, r, o in zip(plan.lengths, plan.row, plan.offset, strict=True):
+        base = r * plan.width + o
+        pos[base : base + n] = torch.arange(n, device=input_ids.device)
+        starts[base] = True
+    filled = torch.zeros(size, dtype=torch.bool, device=input_ids.device)
+    filled[tok_dst] = True
+    pos = pos.view(plan.rows, plan.width)
+    for r in range(plan.rows):
+        row_filled = filled.view(plan.rows, plan.width)[r]
+        used = int(row_filled.sum())
+        if used < plan.width:
+            pos[r, used:] = torch.arange(plan.width - used, device=input_ids.device)
+    out: dict[str, torch.Tensor] = {"input_ids": ids.view(plan.rows, plan.width), "position_ids": pos}
+    if labels is not None:
+        packed = labels.new_full((size,), -100).index_copy(0, tok_dst, labels.reshape(-1)[tok_src])
+        # a sequence's first token is never predicted in the padded layout; never let its row-mate predict it
+        packed[starts] = -100
+        out["labels"] = packed.view(plan.rows, plan.width)
+    return out, plan, maps
+
+
+def unpack_per_token(
+    x: torch.Tensor, plan: PackPlan, maps: tuple[torch.Tensor, ...], batch: int, padded_width: int
+) -> torch.Tensor:
+    """Packed ``(rows, width - 1)`` per-token outputs back to the padded ``(batch, padded_width - 1)`` layout."""
+    out_src, out_dst = maps[2], maps[3]
+    flat = x.reshape(-1)[out_src]
+    out = x.new_zeros((batch * (padded_width - 1),))
+    return out.index_put((out_dst,), flat).view(batch, padded_width - 1)
+
+
+class PackingUnsupported(ConfigError):
+    """The model's attention ignores packed ``position_ids``: sequences packed in one row would see each other."""
+
+
+class PackedForward:
+    """Calls ``model`` on the packed form of TRL's padded batch and returns per-token outputs in the padded layout.
+
+    Passed to TRL's ``_compute_loss`` / ``compute_ref_log_probs`` in place of the model; only their
+    ``model(input_ids=..., attention_mask=..., labels=..., fused_lm_head=True)`` call goes through it.
+    With ``verify=True`` the first packed call is also run padded (no gradients, autocast off) and the two must
+    agree, so a model whose attention does not honour packed positions fails loudly instead of training on
+    sequences that attend to each other.
+    """
+
+    def __init__(self, model: Any, pad_token_id: int, capacity: int | None = None, verify: bool = False):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.capacity = capacity
+        self.verify = verify
+        self.last_plan: PackPlan | None = None
+        self.verified_max_diff: float | None = None
+
+    def __getattr__(self, name: str) -> Any:  # anything else TRL reads from the model
+        return getattr(self.model, name)
+
+    def __call__(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels=None, **kwargs: Any):
+        if not kwargs.get("fused_lm_head") or labels is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        batch, width = input_ids.shape
+        packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, self.capacity)
+        self.last_plan = plan
+        if self.verify and plan.rows < batch:
+            self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
+        outputs = self.model(**packed, **kwargs)
+        fields = {
+            name: None
+            if getattr(outputs, name, None) is None
+            else unpack_per_token(getattr(outputs, name), plan, maps, batch, width)
+            for name in PER_TOKEN_FIELDS
+        }
+        return SimpleNamespace(**fields, aux_loss=getattr(outputs, "aux_loss", None), loss=outputs.loss)
+
+    def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> None:
+        """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`."""
+        batch, width = input_ids.shape
+        low_precision = any(
+            p.dtype in (torch.float16, torch.bfloat16) or not p.is_floating_point() for p in self.model.parameters()
+        )
+        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
+            ref = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).log_probs
+            got = unpack_per_token(self.model(**packed, **kwargs).log_probs, plan, maps, batch, width)
+        scored = labels[:, 1:] != -100
+        diff = (ref - got).abs()[scored]
+        worst = float(diff.max()) if diff.numel() else 0.0
+        mean = float(diff.mean()) if diff.numel() else 0.0
+        tol = 0.05 if low_precision else 1e-3  # per-token nats; attending across sequences moves them by far more
+        self.verify, self.verified_max_diff = False, worst
+        if mean > tol:
+            raise PackingUnsupported(
+                f"trainer.pack_sequences=true: this model's log-probs change when sequences share a row (mean "
+                f"{mean:.3g} nats/token, worst {worst:.3g}; expected <= {tol}), so its attention does not honour "
+                "packed position_ids and sequences would attend to each other. Set trainer.pack_sequences=false."
+            )
