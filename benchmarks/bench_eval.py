@@ -74,9 +74,9 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     tok = load_tokenizer(spec, path)
     model = load_model(spec, path).eval()
     fmt = ChatFormatter(tok)
-    prompts = load_suite({"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"}) + load_suite(
-        {"name": "b", "_target_": "safetune.eval.suites.bundled.load", "path": "benign"}
-    )
+    prompts = load_suite(
+        {"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"}
+    ) + load_suite({"name": "b", "_target_": "safetune.eval.suites.bundled.load", "path": "benign"})
     # every 5th prompt: a spread of both suites and all lengths
     chosen = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]
     texts = [fmt.render_prompt(p.prompt) for p in chosen]

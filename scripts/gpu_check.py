@@ -47,13 +47,27 @@ def have(module: str) -> bool:
 
 def generation_agreement(out: Path) -> dict:
     """safetune-eval on the bundled suites with the HF and the vLLM backend; compare answers and verdicts."""
-    base = [sys.executable, "-m", "safetune.cli.eval", "checkpoint=base", "limit_per_group=3", "eval.retention.enabled=false"]
+    base = [
+        sys.executable,
+        "-m",
+        "safetune.cli.eval",
+        "checkpoint=base",
+        "limit_per_group=3",
+        "eval.retention.enabled=false",
+    ]
     rows = {}
     for backend in ("hf", "vllm"):
-        r = run(f"eval_{backend}", [*base, f"generation.backend={backend}", f"out_dir={out / ('eval-' + backend)}"], out)
+        r = run(
+            f"eval_{backend}", [*base, f"generation.backend={backend}", f"out_dir={out / ('eval-' + backend)}"], out
+        )
         rows[backend] = r
         if not r["ok"]:
-            return {"step": "HF vs vLLM generation", "ok": False, "seconds": r["seconds"], "detail": f"{backend}: {r['detail']}"}
+            return {
+                "step": "HF vs vLLM generation",
+                "ok": False,
+                "seconds": r["seconds"],
+                "detail": f"{backend}: {r['detail']}",
+            }
     ans = {
         b: {(v["suite"], v["prompt_id"]): (v["response"], v["label"]) for v in map(json.loads, open(out / f"eval-{b}" / "verdicts.jsonl"))}
         for b in ("hf", "vllm")
@@ -86,7 +100,9 @@ def main() -> int:
     if have("vllm"):
         steps.append(generation_agreement(out))
     else:
-        steps.append({"step": "HF vs vLLM generation", "ok": None, "seconds": 0, "detail": "skipped: vllm not installed"})
+        steps.append(
+            {"step": "HF vs vLLM generation", "ok": None, "seconds": 0, "detail": "skipped: vllm not installed"}
+        )
     lora = out / "run-lora-bf16"
     steps.append(run("lora_bf16", [*train, f"run_dir={lora}", "trainer.bf16=true"], out))
     steps.append(run("qlora_4bit", [*train, f"run_dir={out / 'run-qlora'}", "peft=qlora"], out))
@@ -98,10 +114,25 @@ def main() -> int:
         if name.startswith("deepspeed") and not have("deepspeed"):
             steps.append({"step": name, "ok": None, "seconds": 0, "detail": "skipped: deepspeed not installed"})
             continue
-        cmd = [*accel, "--config_file", f"conf/accelerate/{conf}.yaml", "-m", "safetune.train", *TINY, f"run_dir={out / ('run-' + name)}", *extra]
+        cmd = [
+            *accel,
+            "--config_file",
+            f"conf/accelerate/{conf}.yaml",
+            "-m",
+            "safetune.train",
+            *TINY,
+            f"run_dir={out / ('run-' + name)}",
+            *extra,
+        ]
         steps.append(run(name, cmd, out))
     if (lora / "adapter").is_dir():
-        steps.append(run("export", [sys.executable, "-m", "safetune.cli.export", f"run_dir={lora}", f"out_dir={out / 'merged'}"], out))
+        steps.append(
+            run(
+                "export",
+                [sys.executable, "-m", "safetune.cli.export", f"run_dir={lora}", f"out_dir={out / 'merged'}"],
+                out,
+            )
+        )
     lines = [f"# safetune GPU check — {gpu}", "", "| step | result | seconds | detail |", "|---|---|---:|---|"]
     for s in steps:
         result = "skipped" if s["ok"] is None else ("ok" if s["ok"] else "FAILED")

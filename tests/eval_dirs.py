@@ -79,7 +79,9 @@ def run_one(model: str, suite: Path, out_dir: Path) -> None:
             ],
         )
     with open_dict(cfg):
-        cfg.eval.suite = {"suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": str(suite)}]}
+        cfg.eval.suite = {
+            "suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": str(suite)}]
+        }
     run_eval(cfg)
 
 

@@ -57,6 +57,10 @@ def test_old_module_paths_run_the_new_entry_points_with_a_deprecation_message(ol
 
 def test_package_entry_points_run_the_cli(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "safetune.train", "trainer.betaa=1"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "safetune.train", "trainer.betaa=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode != 0 and "trainer.betaa" in out.stdout + out.stderr

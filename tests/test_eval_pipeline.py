@@ -69,7 +69,9 @@ def make_cfg(model: str, suite: str, out_dir: Path, batch_size: int = 3, extra: 
             ],
         )
     with open_dict(cfg):
-        cfg.eval.suite = {"suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": suite}]}
+        cfg.eval.suite = {
+            "suites": [{"name": "mine", "_target_": "safetune.eval.suites.bundled.load_jsonl", "path": suite}]
+        }
     return cfg
 
 

@@ -24,7 +24,9 @@ def shared(rel: str) -> str:
 
 
 def test_xstest_safe_are_benign_by_type_and_unsafe_are_harmful():
-    ps = load_suite({"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")})
+    ps = load_suite(
+        {"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")}
+    )
     kinds = Counter(p.kind for p in ps)
     assert kinds == {"benign": 250, "harmful": 200}
     benign_types = Counter(p.type for p in ps if p.kind == "benign")
@@ -42,7 +44,13 @@ def test_xstest_safe_are_benign_by_type_and_unsafe_are_harmful():
 
 
 def test_advbench_rows_are_harmful_behaviours():
-    ps = load_suite({"name": "advbench", "_target_": "safetune.eval.suites.advbench.load", "path": shared("advbench/harmful_behaviors.csv")})
+    ps = load_suite(
+        {
+            "name": "advbench",
+            "_target_": "safetune.eval.suites.advbench.load",
+            "path": shared("advbench/harmful_behaviors.csv"),
+        }
+    )
     assert len(ps) == 520 and all(p.kind == "harmful" for p in ps)
     assert ps[0].user_text.startswith("Write a script that can exploit vulnerabilities")
     assert ps[0].metadata["target"].startswith("Sure, here is a script")
@@ -50,7 +58,11 @@ def test_advbench_rows_are_harmful_behaviours():
 
 def test_harmbench_context_first_and_copyright_apart():
     ps = load_suite(
-        {"name": "harmbench", "_target_": "safetune.eval.suites.harmbench.load", "path": shared("harmbench/harmbench_behaviors_text_all.csv")}
+        {
+            "name": "harmbench",
+            "_target_": "safetune.eval.suites.harmbench.load",
+            "path": shared("harmbench/harmbench_behaviors_text_all.csv"),
+        }
     )
     suites = Counter(p.suite for p in ps)
     assert suites == {"harmbench": 300, "harmbench_copyright": 100}
@@ -121,7 +133,13 @@ def test_jbb_artifacts_skip_missing_prompts():
 
 
 def test_pku_categories_union_and_benign():
-    ps = load_suite({"name": "pku", "_target_": "safetune.eval.suites.pku.load", "path": shared("pku-saferlhf/alpaca-7b-test-sample.jsonl")})
+    ps = load_suite(
+        {
+            "name": "pku",
+            "_target_": "safetune.eval.suites.pku.load",
+            "path": shared("pku-saferlhf/alpaca-7b-test-sample.jsonl"),
+        }
+    )
     assert len(ps) == 10
     first = ps[0]
     assert first.kind == "harmful" and first.severity == 3
@@ -155,7 +173,9 @@ def test_custom_jsonl_bad_category_names_line(tmp_path):
 
 
 def test_limit_per_group_uses_report_groups():
-    ps = load_suite({"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")})
+    ps = load_suite(
+        {"name": "xstest", "_target_": "safetune.eval.suites.xstest.load", "path": shared("xstest/xstest_prompts.csv")}
+    )
     sub = limit_per_group(ps, 2)
     assert Counter(report_group(p) for p in sub)["contrast_homonyms"] == 2
     assert len(sub) == 2 * 18

@@ -33,8 +33,17 @@ def test_no_file_of_a_run_holds_the_secret(tmp_path, tiny_model_dir, tiny_prefs)
 
     env = {**tiny_env(tmp_path), "HF_TOKEN": "hf_secret_env_456"}
     run_dir = tmp_path / "run"
-    over = train_overrides(tiny_model_dir, tiny_prefs, run_dir, "trainer.max_steps=1", "trainer.max_length=128", "+model.token=secret123")
-    p = subprocess.run([sys.executable, "-m", "safetune.cli.train", *over], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    over = train_overrides(
+        tiny_model_dir, tiny_prefs, run_dir, "trainer.max_steps=1", "trainer.max_length=128", "+model.token=secret123"
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "safetune.cli.train", *over],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     leaks = []
     for f in run_dir.rglob("*"):
@@ -107,7 +116,9 @@ def test_the_demo_runs_offline_without_shared_data(tmp_path, embedded_model_dir)
     """A bare clone on a machine with no hub and no ../shared: the demo completes on the bundled suites and says in
     one line how to add XSTest from a local file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFETUNE_")}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "TQDM_DISABLE": "1"})
+    env.update(
+        {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "TQDM_DISABLE": "1"}
+    )
     env["SAFETUNE_CACHE"] = os.environ.get("SAFETUNE_CACHE", str(Path.home() / ".cache" / "safetune"))
     short = [
         "data.sources=[{name: h, _target_: safetune.data.sources.triplets.load, path: 'bundled://safety_prefs_harmful_a.jsonl', max_rows: 16}]",

@@ -58,7 +58,9 @@ def safetune_imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
             names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "safetune" else [node.module]
             out += [(node.lineno, n, node.lineno in func_lines) for n in names]
         elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name, node.lineno in func_lines) for a in node.names if a.name.startswith("safetune")]
+            out += [
+                (node.lineno, a.name, node.lineno in func_lines) for a in node.names if a.name.startswith("safetune")
+            ]
     return out
 
 

@@ -53,7 +53,12 @@ def test_harmful_compliance_becomes_rejected_and_the_chosen_is_a_graceful_refusa
 
 def test_harmful_refused_with_a_leaking_sample_and_already_safe_prompts():
     p = prompt("harmful")
-    refuse = rec(p, "refusal", "I can't help with getting into someone's email account; it is illegal. Want tips to protect yours?", 2)
+    refuse = rec(
+        p,
+        "refusal",
+        "I can't help with getting into someone's email account; it is illegal. Want tips to protect yours?",
+        2,
+    )
     leak = rec(p, "partial", "I can't help, but generally people guess security questions.")
     ex, rule = pair_for(p, Answers(greedy=refuse, samples=[leak]), BANK, PROV)
     assert rule == "harmful_sample_leaked" and ex.chosen == refuse.response and ex.rejected == leak.response
@@ -63,8 +68,14 @@ def test_harmful_refused_with_a_leaking_sample_and_already_safe_prompts():
 
 def test_benign_answers_anchor_and_over_refusals_are_rejected():
     p = prompt("benign")
-    answer = rec(p, "compliance", "Turn the heating off, open the valve at the top with a radiator key, close it when water appears.")
-    ex, rule = pair_for(p, Answers(greedy=answer, style_refusal="I'm sorry, but I can't help you bleed anything."), BANK, PROV)
+    answer = rec(
+        p,
+        "compliance",
+        "Turn the heating off, open the valve at the top with a radiator key, close it when water appears.",
+    )
+    ex, rule = pair_for(
+        p, Answers(greedy=answer, style_refusal="I'm sorry, but I can't help you bleed anything."), BANK, PROV
+    )
     assert rule == "benign_anchor" and ex.chosen == answer.response
     assert ex.rejected.startswith("I'm sorry") and ex.metadata["synth"]["rejected_from"] == "policy_style_refusal"
     own = rec(p, "refusal", "I won't help with bleeding.")
@@ -97,7 +108,9 @@ def test_shipped_pools_cover_the_issue_and_are_disjoint_from_every_suite(shared_
     assert len(ordinary) + len(look) >= 1500 and len(cov["area"]) >= 25
     assert len(harmful) >= 600 and len(cov["category"]) == 19
     assert {"direct", "prompt_injection", "social_engineering", "gradual_escalation"} <= set(cov["tactic"])
-    assert cov["style"].get("short", 0) >= 100 and cov["style"].get("long_scenario", 0) >= 100 and cov["multi_turn"] >= 100
+    assert (
+        cov["style"].get("short", 0) >= 100 and cov["style"].get("long_scenario", 0) >= 100 and cov["multi_turn"] >= 100
+    )
     suites = ["suite://harmful", "suite://benign", str(shared_data / "xstest/xstest_prompts.csv")]
     check_disjoint(ordinary + look + harmful, suites)
     import csv
@@ -109,9 +122,13 @@ def test_shipped_pools_cover_the_issue_and_are_disjoint_from_every_suite(shared_
 
 
 def test_a_pool_holding_an_eval_prompt_is_refused(tmp_path):
-    first = json.loads(Path(__file__).resolve().parents[1].joinpath("safetune/eval/bundled/harmful.jsonl").read_text().splitlines()[0])
+    first = json.loads(
+        Path(__file__).resolve().parents[1].joinpath("safetune/eval/bundled/harmful.jsonl").read_text().splitlines()[0]
+    )
     f = tmp_path / "pool.jsonl"
-    f.write_text(json.dumps({"id": "x", "prompt": first["prompt"], "kind": "harmful", "category": first["category"]}) + "\n")
+    f.write_text(
+        json.dumps({"id": "x", "prompt": first["prompt"], "kind": "harmful", "category": first["category"]}) + "\n"
+    )
     with pytest.raises(InputError, match=r"pool\.jsonl:1 repeats evaluation prompt"):
         check_disjoint(load_pool(str(f)), ["suite://harmful"])
 

@@ -86,7 +86,9 @@ def test_safety_callback_logs_refusal_and_over_refusal_during_training(tiny, tmp
     assert len(logged) == 2  # reached the tracker's log history
     from safetune.eval.suites import load_suite
 
-    cats = {p.group for p in load_suite({"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"})}
+    cats = {
+        p.group for p in load_suite({"name": "h", "_target_": "safetune.eval.suites.bundled.load", "path": "harmful"})
+    }
     for h in history:
         per_cat = {k.split("/", 2)[2] for k in h if k.startswith("safety/refusal/")}
         assert per_cat == cats

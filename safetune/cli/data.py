@@ -193,7 +193,11 @@ def run_preflight_cli(argv: list[str]) -> int:
             )
         settings = settings_from_cfg(template_cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
     except (SafetuneError, ValueError, OSError) as e:
-        print_error(e if isinstance(e, SafetuneError) else InputError(str(e), hint="check the --data/--template/--model arguments"))
+        print_error(
+            e
+            if isinstance(e, SafetuneError)
+            else InputError(str(e), hint="check the --data/--template/--model arguments")
+        )
         return 2
     if args.max_length is not None:
         settings.max_length = args.max_length if args.max_length > 0 else None
@@ -221,8 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--show", type=int, default=5, help="issues shown per rule (default 5)")
         if name == "stats":
             sp.add_argument("--pools", action="store_true", help="describe the synthesis prompt pools (synth.pools)")
-    sub.add_parser("preflight", help="check the chat template on a sample of rows (safetune.train.preflight)", add_help=False)
-    sub.add_parser("synthesize", help="on-policy preference pairs from the prompt pools (Hydra overrides)", add_help=False)
+    sub.add_parser(
+        "preflight", help="check the chat template on a sample of rows (safetune.train.preflight)", add_help=False
+    )
+    sub.add_parser(
+        "synthesize", help="on-policy preference pairs from the prompt pools (Hydra overrides)", add_help=False
+    )
     return p
 
 

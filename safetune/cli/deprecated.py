@@ -20,5 +20,9 @@ MOVED = {
 def forward(old: str) -> None:
     """Warn that ``python -m <old>`` moved, then run the new entry point."""
     new, fn = MOVED[old]
-    warnings.warn(f"`python -m {old}` is deprecated; use `python -m {new}` (it runs the same command).", FutureWarning, stacklevel=2)
+    warnings.warn(
+        f"`python -m {old}` is deprecated; use `python -m {new}` (it runs the same command).",
+        FutureWarning,
+        stacklevel=2,
+    )
     getattr(importlib.import_module(new), fn)()

@@ -31,9 +31,14 @@ def run(cfg: DictConfig) -> None:
         eval_dir = Path(cfg.review.get("eval_dir") or cfg.get("out_dir") or "")
         records = load_verdicts(eval_dir) if (eval_dir / "verdicts.jsonl").is_file() else None
         if not records:
-            raise MissingInputError(f"review.eval_dir={eval_dir}: no verdicts.jsonl there.", hint="safetune-eval review eval_dir=<an evaluation directory>")
+            raise MissingInputError(
+                f"review.eval_dir={eval_dir}: no verdicts.jsonl there.",
+                hint="safetune-eval review eval_dir=<an evaluation directory>",
+            )
         out = Path(cfg.review.get("out") or eval_dir / "review.csv")
-        path, n = export_review(records, out, threshold=float(cfg.eval.review_threshold), everything=bool(cfg.review.all))
+        path, n = export_review(
+            records, out, threshold=float(cfg.eval.review_threshold), everything=bool(cfg.review.all)
+        )
         console.print(f"{n} verdict(s) to review written to {path}; fill human_label and pass eval.labels={path}")
         return
     if cfg.get("mode", "eval") != "eval":

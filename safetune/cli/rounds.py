@@ -118,14 +118,21 @@ def run_rounds(
     log.info("[base] evaluating the base model")
     base_metrics, base_art = run_eval(eval_cfgs[0])
     times["eval_base_s"] = time.time() - t
-    policy, synth_dirs, metrics, artifacts = "base", [], {}, {"root": str(root), **{f"base_{k}": v for k, v in base_art.items()}}
+    policy, synth_dirs, metrics, artifacts = (
+        "base",
+        [],
+        {},
+        {"root": str(root), **{f"base_{k}": v for k, v in base_art.items()}},
+    )
     for k, (name, d, out) in enumerate(zip(names, dirs, evals[1:]), 1):
         train_ov = [*exp, *routed["train"], f"run_dir={d / 'run'}"]
         if uses_synthesis(compose("train", train_ov)):
             t = time.time()
             log.info("[%s] synthesising on-policy pairs with %s", name, policy)
             synth_dir = d / "synth"
-            scfg = compose("synthesize", [*exp, *routed["synthesize"], f"policy={policy}", f"round={k}", f"out_dir={synth_dir}"])
+            scfg = compose(
+                "synthesize", [*exp, *routed["synthesize"], f"policy={policy}", f"round={k}", f"out_dir={synth_dir}"]
+            )
             s_metrics, _ = run_synthesis(scfg)
             synth_dirs.append(str(synth_dir))
             times[f"{name}/synth_s"] = time.time() - t
@@ -133,7 +140,9 @@ def run_rounds(
             train_ov.append(f"synth_dir=[{','.join(synth_dirs)}]")
         t = time.time()
         tcfg = compose("train", train_ov)
-        log.info("[%s] DPO training (LoRA) on %s", name, [s.get("name") for s in OmegaConf.to_container(tcfg.data.sources)])
+        log.info(
+            "[%s] DPO training (LoRA) on %s", name, [s.get("name") for s in OmegaConf.to_container(tcfg.data.sources)]
+        )
         train_metrics, train_art = run_train(tcfg)
         times[f"{name}/train_s"] = time.time() - t
         t = time.time()

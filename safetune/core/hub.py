@@ -21,7 +21,19 @@ HUB_ENV = {
     "PKU-Alignment/PKU-SafeRLHF": "SAFETUNE_PKU (a local PKU-SafeRLHF .jsonl)",
     "Anthropic/hh-rlhf": "SAFETUNE_HH_HELPFUL (a local helpful-base test.jsonl.gz)",
 }
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt", ".yaml", ".yml", ".safetensors", ".jinja")
+LOCAL_SUFFIXES = (
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".gz",
+    ".txt",
+    ".yaml",
+    ".yml",
+    ".safetensors",
+    ".jinja",
+)
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 

@@ -64,9 +64,7 @@ def weights_dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError as e:
-        raise PrecisionError(
-            f"model.dtype={name!r} is not valid; expected auto, float32, bfloat16 or float16."
-        ) from e
+        raise PrecisionError(f"model.dtype={name!r} is not valid; expected auto, float32, bfloat16 or float16.") from e
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from typing import Any
 
 RUN_INFO = "safetune_run.json"
 # Whole key segments (split on . _ - and case) that name a secret; "max_new_tokens" is not "token".
-SECRET_SEGMENTS = frozenset({"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"})
+SECRET_SEGMENTS = frozenset(
+    {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+)
 SECRET_PAIRS = frozenset({"api_key", "access_key", "secret_key", "private_key", "auth_token", "client_secret"})
 REDACTED = "***"
 

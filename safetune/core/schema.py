@@ -282,7 +282,12 @@ class EvalRecord:
     @classmethod
     def from_prompt(cls, p: EvalPrompt, response: str, verdict: Verdict, *, sample: int = 0) -> EvalRecord:
         shared = {k: getattr(p, k) for k in ("suite", "kind", "group", "category", "type", "tactic", "severity")}
-        verdict_fields = {"label": verdict.label, "judge": verdict.judge, "reason": verdict.reason, "confidence": verdict.score}
+        verdict_fields = {
+            "label": verdict.label,
+            "judge": verdict.judge,
+            "reason": verdict.reason,
+            "confidence": verdict.score,
+        }
         return cls(prompt_id=p.id, sample=sample, prompt=p.user_text, response=response, **shared, **verdict_fields)
 
     def to_dict(self) -> dict[str, Any]:

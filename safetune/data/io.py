@@ -186,14 +186,22 @@ def iter_file_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[str
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                _problem(bad, where, f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text. Re-save the file as UTF-8.")
+                _problem(
+                    bad,
+                    where,
+                    f"{path}:{lineno}: broken encoding (byte {e.start}: {e.reason}); expected UTF-8 text. Re-save the file as UTF-8.",
+                )
                 continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                _problem(bad, where, f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line.")
+                _problem(
+                    bad,
+                    where,
+                    f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line.",
+                )
                 continue
             if not isinstance(row, dict):
                 _problem(bad, where, f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}.")

@@ -219,7 +219,9 @@ def build_preference_data(data_cfg: Any, *, on_error: str = "raise") -> DataBund
             why = (
                 f"all {dropped_all} row(s) were left out ({', '.join(sorted(rows.skipped))})"
                 if dropped_all
-                else f"{len(rows.errors)} row(s), all invalid" if rows.errors else "it holds no rows"
+                else f"{len(rows.errors)} row(s), all invalid"
+                if rows.errors
+                else "it holds no rows"
             )
             msg = f"data.sources.{index} ({name}): {src.get('path')} yields no usable rows: {why}."
             if on_error == "raise" and not rows.errors:

@@ -71,7 +71,8 @@ def load_checkpoint(
             raise MissingInputError(
                 f"checkpoint={checkpoint!r}: not a safetune run directory ({runs.RUN_INFO}), a LoRA adapter directory "
                 "(adapter_config.json) or a model directory (config.json)"
-                + ("" if p.exists() else " - it does not exist") + ".",
+                + ("" if p.exists() else " - it does not exist")
+                + ".",
                 hint="checkpoint=base, a run directory written by safetune-train, or a model directory / hub id",
             )
         else:

@@ -219,7 +219,9 @@ def check_overlap(verdicts: list[list[EvalRecord]], names: list[str]) -> list[di
         if shared < max(len(base), len(keys)):
             log.warning("%s vs %s: %d shared prompts (of %d and %d); paired tests use the shared ones only",
                         names[0], name, shared, len(base), len(keys))  # fmt: skip
-        out.append({"baseline": names[0], "other": name, "shared": shared, "baseline_n": len(base), "other_n": len(keys)})
+        out.append(
+            {"baseline": names[0], "other": name, "shared": shared, "baseline_n": len(base), "other_n": len(keys)}
+        )
     return out
 
 
@@ -322,7 +324,9 @@ def select_checkpoint(
             return False
         if max_over_refusal is not None and (p["over_refusal"] is None or p["over_refusal"] > max_over_refusal):
             return False
-        return min_retention_delta is None or p["retention_delta"] is None or p["retention_delta"] >= min_retention_delta
+        return (
+            min_retention_delta is None or p["retention_delta"] is None or p["retention_delta"] >= min_retention_delta
+        )
 
     inside = [p for p in pts if ok(p)]
     if inside:

@@ -121,7 +121,9 @@ def write_verdicts(path: Path, records: list[EvalRecord]) -> None:
     write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
 
 
-def guard_eval_dir(out_dir: Path, *, checkpoint: str, suites: list[str], checkpoint_id: str | None, overwrite: bool) -> None:
+def guard_eval_dir(
+    out_dir: Path, *, checkpoint: str, suites: list[str], checkpoint_id: str | None, overwrite: bool
+) -> None:
     """Refuse to write into an evaluation directory of another checkpoint or suite set (unless ``overwrite``).
 
     The same checkpoint and suites resume from the generation cache instead."""
@@ -143,7 +145,9 @@ def guard_eval_dir(out_dir: Path, *, checkpoint: str, suites: list[str], checkpo
         clash.append(f"suites {old_suites} (now {sorted(suites)})")
     if clash:
         raise WorkExistsError(
-            f"out_dir={out_dir} holds the evaluation of another " + "; ".join(clash) + "; its reports would be replaced.",
+            f"out_dir={out_dir} holds the evaluation of another "
+            + "; ".join(clash)
+            + "; its reports would be replaced.",
             hint="pick another out_dir (or leave it unset), or overwrite=true to replace that evaluation",
         )
 

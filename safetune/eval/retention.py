@@ -117,7 +117,9 @@ def response_logprobs(
     return out
 
 
-def helpful_loglik(model: Any, tokenizer: Any, formatter: ChatFormatter, pairs: Sequence[tuple[list[Message], str]], **kw: Any) -> list[float]:
+def helpful_loglik(
+    model: Any, tokenizer: Any, formatter: ChatFormatter, pairs: Sequence[tuple[list[Message], str]], **kw: Any
+) -> list[float]:
     """Per example: mean per-token log-likelihood of the response given the prompt (higher = more likely).
 
     ``kw``: ``batch_size`` and ``max_length`` of :func:`response_logprobs`."""
@@ -272,10 +274,14 @@ def load_helpful_reference(path: str | Path | None = None, max_rows: int | None 
     for where, row in iter_file_rows(p):
         for key in ("id", "prompt", "response"):
             if key not in row:
-                raise SchemaError(f"{p}:{where.rsplit(':', 1)[-1]}: missing field '{key}'; expected {{id, prompt, response}}.")
+                raise SchemaError(
+                    f"{p}:{where.rsplit(':', 1)[-1]}: missing field '{key}'; expected {{id, prompt, response}}."
+                )
         if not isinstance(row["response"], str) or not row["response"].strip():
             raise SchemaError(f"{p}:{where.rsplit(':', 1)[-1]}: field 'response' must be non-empty text.")
-        rows.append({"id": str(row["id"]), "prompt": as_messages(row["prompt"], where=where), "response": row["response"]})
+        rows.append(
+            {"id": str(row["id"]), "prompt": as_messages(row["prompt"], where=where), "response": row["response"]}
+        )
         if max_rows is not None and len(rows) >= max_rows:
             break
     return rows

@@ -67,7 +67,9 @@ def load_human_labels(path: str | Path) -> dict[str, str]:
     the file and line."""
     p = Path(path)
     if not p.is_file():
-        raise MissingInputError(f"eval.labels={p}: no such file.", hint="export one with `safetune-eval review eval_dir=DIR`")
+        raise MissingInputError(
+            f"eval.labels={p}: no such file.", hint="export one with `safetune-eval review eval_dir=DIR`"
+        )
     out: dict[str, str] = {}
     for where, row in iter_file_rows(p):
         label = str(row.get("human_label") or "").strip().lower()
@@ -104,7 +106,12 @@ def labels_summary(records: list[EvalRecord], threshold: float) -> dict[str, Any
         "low_confidence": len(low),
         "threshold": threshold,
         "review": [
-            {"key": record_key(r), "label": r.label, "confidence": round(r.confidence or 0.0, 3), "prompt": r.prompt[:160]}
+            {
+                "key": record_key(r),
+                "label": r.label,
+                "confidence": round(r.confidence or 0.0, 3),
+                "prompt": r.prompt[:160],
+            }
             for r in sorted(low, key=lambda r: r.confidence or 0.0)[:50]
         ],
     }

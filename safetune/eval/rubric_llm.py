@@ -105,7 +105,9 @@ class LLMRubricJudge:
     else raise :class:`RubricParseError`.
     """
 
-    def __init__(self, model: str | None = None, *, max_new_tokens: int = 160, fallback_to_rules: bool = True, **chat: Any):
+    def __init__(
+        self, model: str | None = None, *, max_new_tokens: int = 160, fallback_to_rules: bool = True, **chat: Any
+    ):
         """``model`` and ``chat`` (``generate_fn``, ``batch_size``, ``dtype``, ``model_cfg``) configure the
         :class:`~safetune.eval.judges.chat.ChatModel` that grades."""
         self.chat = ChatModel(model, max_new_tokens=max_new_tokens, owner="LLMRubricJudge", **chat)

@@ -52,7 +52,9 @@ def load_pool(
                 suite=f"pool:{name}",
                 category=canonical_category(row["category"], where=f"{where}: field 'category'") if harmful else None,
                 type=None if harmful else str(row.get("type") or "ordinary"),
-                tactic=check_tactic(row.get("tactic") or ("direct" if harmful else "none"), where=f"{where}: field 'tactic'"),
+                tactic=check_tactic(
+                    row.get("tactic") or ("direct" if harmful else "none"), where=f"{where}: field 'tactic'"
+                ),
                 severity=int(row["severity"]) if harmful and row.get("severity") not in (None, "") else None,
                 metadata={k: row[k] for k in ("area", "style") if row.get(k)} | {"location": where},
             )

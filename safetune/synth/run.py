@@ -158,7 +158,12 @@ def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     write_json(out_dir / MANIFEST, manifest)
     log.info("synthesised %d pairs into %s (%s)", len(pairs), out_dir / PAIRS, dict(rules))
-    metrics = {"pairs": len(pairs), "prompts": len(prompts), "generated": n_new, **{f"rule/{k}": v for k, v in rules.items()}}
+    metrics = {
+        "pairs": len(pairs),
+        "prompts": len(prompts),
+        "generated": n_new,
+        **{f"rule/{k}": v for k, v in rules.items()},
+    }
     harmful = [r for r in records if r.kind == "harmful"]
     benign = [r for r in records if r.kind == "benign"]
     if harmful:

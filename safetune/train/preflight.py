@@ -402,5 +402,3 @@ def preflight_training_rows(
         log.info("Chat-template preflight: %s", "passed" if report.passed else "failed")
     report.raise_if_failed(settings.force)
     return report
-
-

@@ -186,10 +186,14 @@ def build_data(
         to_plain(cfg.trainer),
         on_report=on_preflight if main else None,
     )
-    train_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train")
+    train_ds = _on_disk(
+        Dataset.from_list([formatter.to_trl(ex) for ex in bundle.train]), run_dir / "data" / "trl_train"
+    )
     eval_ds = None
     if bundle.eval:
-        eval_ds = _on_disk(Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval")
+        eval_ds = _on_disk(
+            Dataset.from_list([formatter.to_trl(ex) for ex in bundle.eval]), run_dir / "data" / "trl_eval"
+        )
     return TrainData(bundle, model_path, spec, tokenizer, formatter, train_ds, eval_ds)
 
 

@@ -78,7 +78,11 @@ def group_bars(entries: list[tuple[str, dict[str, Any]]], kind: str, title: str)
         (
             name,
             {
-                g: (100 * v["rate"], max(0.0, 100 * (v["rate"] - v["ci_low"])), max(0.0, 100 * (v["ci_high"] - v["rate"])))
+                g: (
+                    100 * v["rate"],
+                    max(0.0, 100 * (v["rate"] - v["ci_low"])),
+                    max(0.0, 100 * (v["ci_high"] - v["rate"])),
+                )
                 for g, v in s.get(kind, {}).get(key, {}).items()
             },
         )
@@ -131,7 +135,10 @@ def rubric_bars(entries: list[tuple[str, dict[str, Any]]]) -> str | None:
     groups = sorted({g for _, r in entries for g, e in r.get("per_group", {}).items() if e["n"]})
     if not groups:
         return None
-    series = [(name, {g: (e["mean_score"], 0.0, 0.0) for g, e in r.get("per_group", {}).items() if e["n"]}) for name, r in entries]
+    series = [
+        (name, {g: (e["mean_score"], 0.0, 0.0) for g, e in r.get("per_group", {}).items() if e["n"]})
+        for name, r in entries
+    ]
     return _barh(
         groups,
         series,

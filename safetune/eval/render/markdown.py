@@ -29,7 +29,12 @@ _TABLES = {
 def _table(suite: str, kind: str, part: dict[str, Any]) -> list[str]:
     heading, col, key, partial = _TABLES[kind]
     extra_head, extra_sep = (" partial |", "---:|") if partial else ("", "")
-    lines = [f"### {suite} — {heading}", "", f"| {col} | refused | n | rate | 95% CI |{extra_head}", f"|---|---:|---:|---:|---|{extra_sep}"]
+    lines = [
+        f"### {suite} — {heading}",
+        "",
+        f"| {col} | refused | n | rate | 95% CI |{extra_head}",
+        f"|---|---:|---:|---:|---|{extra_sep}",
+    ]
 
     def row(name: str, v: dict[str, Any], p: float | None, bold: bool = False) -> str:
         rate = f"**{_pct(v['rate'])}**" if bold else _pct(v["rate"])
@@ -314,7 +319,11 @@ def compare_markdown(cmp: dict[str, Any], max_per_direction: int = 5, head: str 
         "",
         *[
             f"{o['baseline']} → {o['other']}: paired on the {o['shared']} prompts both answered"
-            + ("" if o["shared"] == max(o["baseline_n"], o["other_n"]) else f" (of {o['baseline_n']} and {o['other_n']})")
+            + (
+                ""
+                if o["shared"] == max(o["baseline_n"], o["other_n"])
+                else f" (of {o['baseline_n']} and {o['other_n']})"
+            )
             + "."
             for o in cmp.get("overlap", [])
         ],

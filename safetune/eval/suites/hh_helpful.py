@@ -36,7 +36,11 @@ def load(
         if not first or first.lower() in seen:
             continue
         seen.add(first.lower())
-        out.append(EvalPrompt(id=f"hh-helpful-{len(out)}", prompt=user_turn(first), kind="benign", suite=name, type="real_requests"))
+        out.append(
+            EvalPrompt(
+                id=f"hh-helpful-{len(out)}", prompt=user_turn(first), kind="benign", suite=name, type="real_requests"
+            )
+        )
         if max_rows is not None and len(out) >= max_rows:
             break
     return out

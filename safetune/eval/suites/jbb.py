@@ -56,7 +56,9 @@ def load_artifacts(
                 prompt=user_turn(prompt),
                 kind="harmful",
                 suite=name,
-                category=canonical_category(get_field(row, "category", where=where), where=f"{where}: field 'category'"),
+                category=canonical_category(
+                    get_field(row, "category", where=where), where=f"{where}: field 'category'"
+                ),
                 tactic=tactic,
                 metadata={"goal": row.get("goal"), "reference_jailbroken": row.get("jailbroken")},
             )

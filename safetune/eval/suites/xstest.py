@@ -16,9 +16,7 @@ XSTEST_CONTRAST_CATEGORIES = {
 }
 
 
-def load(
-    path: str = "walledai/XSTest", *, name: str = "xstest", split: str = "test", **_: Any
-) -> list[EvalPrompt]:
+def load(path: str = "walledai/XSTest", *, name: str = "xstest", split: str = "test", **_: Any) -> list[EvalPrompt]:
     out = []
     for i, (where, row) in enumerate(iter_rows(path, split=split)):
         label = str(get_field(row, "label", where=where)).strip().lower()
