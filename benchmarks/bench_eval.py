@@ -1,8 +1,9 @@
 """Generation throughput of the eval stage vs a plain one-prompt-at-a-time ``generate`` loop (not a timed test).
 
 Both sides use the embedded SmolLM2-135M-Instruct, the same chat formatter, greedy decoding and the same
-prompts (bundled harmful + benign suites). The eval stage batches length-sorted, left-padded prompts. It runs
-twice: at the weights' precision (``generation.precision=model``, fp32 here: same arithmetic as the loop, so the
+prompts (bundled harmful + benign suites). The eval stage batches length-sorted, left-padded prompts and runs the
+prefix they share (the chat template's system turn) once per batch (``generation.share_prefix``; also timed
+without it, at fp32, to measure that lever alone). It runs at the weights' precision (``generation.precision=model``, fp32 here: same arithmetic as the loop, so the
 answers must match) and at the eval stage's default (``generation.precision=auto``: bf16 autocast on CPUs with
 native bf16). Both ratios are measured in one run against the same fp32 loop:
 
@@ -83,13 +84,20 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
 
     from safetune.eval.generate import resolve_precision
 
-    def eval_stage(precision: str) -> tuple[list[str], float]:
+    def eval_stage(precision: str, share_prefix: bool = True) -> tuple[list[str], float]:
         t0 = time.perf_counter()
         out = generate_texts(
-            model, tok, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, precision=precision
+            model,
+            tok,
+            texts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            precision=precision,
+            share_prefix=share_prefix,
         )
         return out, time.perf_counter() - t0
 
+    unshared, t_unshared = eval_stage("model", share_prefix=False)  # the lever measured on its own
     batched, t_batched = eval_stage("model")
     default_precision = resolve_precision("auto", model)
     fast, t_fast = eval_stage("auto") if default_precision != "model" else (batched, t_batched)
@@ -127,6 +135,9 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         "plain_loop_answers_per_s": round(n_base / t_plain, 3),
         "speedup": round((len(texts) / t_batched) / rate_plain, 2),
         "identical_answers": f"{same}/{n_base}",
+        "eval_stage_no_shared_prefix_s": round(t_unshared, 2),
+        "shared_prefix_speedup": round(t_unshared / t_batched, 2),
+        "shared_prefix_identical_answers": f"{sum(a == b for a, b in zip(batched, unshared))}/{len(texts)}",
         "default_precision": default_precision,
         "eval_stage_default_s": round(t_fast, 2),
         "eval_stage_default_answers_per_s": round(len(texts) / t_fast, 3),

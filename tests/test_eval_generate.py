@@ -175,3 +175,72 @@ def test_vllm_refuses_an_unmerged_4bit_adapter_with_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="LoRA adapter on a 4-bit base.*safetune-export"):
         _vllm_dir(ck, tmp_path)()
     assert not (tmp_path / "merged_model").exists()
+
+
+PREFIX_PROMPTS = [
+    "How do I boil an egg?",
+    "Write a short, polite note to my landlord asking when the boiler will be repaired, mentioning it has been "
+    "broken for two weeks and that I have a small child at home.",
+    "What's 2+2?",
+    "How can I get into my neighbour's wifi without asking?",
+    "Explain photosynthesis to a ten-year-old in three sentences.",
+]
+
+
+def _chat_texts(tok):
+    return [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PREFIX_PROMPTS
+    ]
+
+
+def test_common_prefix_length_leaves_a_token_to_generate_from():
+    from safetune.eval.generate import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical prompts keep one token each
+    assert common_prefix_length([[7], [1, 2]]) == 0
+
+
+def test_shared_prefix_generation_gives_the_plain_batchs_answers(tmp_path):
+    import torch
+    from train_tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safetune.eval.generate import MIN_SHARED_PREFIX, generate_texts
+
+    path = make_tiny_model(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = _chat_texts(tok)
+    calls: list[int] = []
+    forward = model.forward
+
+    def spy(*a, **k):
+        calls.append(k["input_ids"].shape[1])
+        return forward(*a, **k)
+
+    model.forward = spy
+    plain = generate_texts(model, tok, texts, max_new_tokens=12, batch_size=8, share_prefix=False)
+    prefill_plain = calls[0]
+    calls.clear()
+    shared = generate_texts(model, tok, texts, max_new_tokens=12, batch_size=8, share_prefix=True)
+    assert shared == plain
+    # one forward over the prefix, then a prefill over the rest only
+    assert calls[0] >= MIN_SHARED_PREFIX and calls[1] == prefill_plain - calls[0]
+
+
+@pytest.mark.slow
+def test_shared_prefix_generation_on_the_embedded_model(embedded_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safetune.eval.generate import generate_texts
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    texts = _chat_texts(tok)
+    plain = generate_texts(model, tok, texts, max_new_tokens=24, batch_size=8, share_prefix=False)
+    shared = generate_texts(model, tok, texts, max_new_tokens=24, batch_size=8, share_prefix=True)
+    assert shared == plain
+    assert len(set(plain)) == len(plain) and all(plain)

@@ -8,8 +8,9 @@ from test_train_padding import _dataset
 from train_tiny import make_tiny_model
 
 from safetune.core.config import ConfigError
+from safetune.train import packing
 from safetune.train.dpo_config import build_dpo_config, safetune_trainer_options
-from safetune.train.packing import PackedForward, pack_batch, plan_packing
+from safetune.train.packing import PackedForward, best_plan, pack_batch, plan_packing
 from safetune.train.trl_ext import make_trainer_class
 
 
@@ -53,6 +54,19 @@ def test_first_fit_decreasing_fills_rows_without_overflow():
     assert plan.padded_tokens_saved == 6 * 10 - plan.rows * plan.width
     with pytest.raises(ValueError, match="does not fit"):
         plan_packing([13], capacity=12)
+
+
+def test_cost_model_packs_uneven_batches_and_leaves_uniform_ones_padded():
+    # SmolLM2-135M: hidden 576 -> attention_width 1728
+    uneven = best_plan([40, 120, 60, 130, 50, 125, 45, 110], 130, capacity=192, attention_width=1728)
+    assert uneven is not None and uneven.rows < 8 and uneven.width <= 192
+    assert best_plan([100] * 8, 100, capacity=192, attention_width=1728) is None  # nothing to gain
+    assert best_plan([60, 62, 58, 61], 62, capacity=256, attention_width=1728) is None
+    # a narrow model pays relatively more for wide rows: it never picks wider rows than a wide model
+    lengths = [40, 120, 60, 130, 50, 125, 45, 110, 30, 35]
+    narrow = best_plan(lengths, 130, capacity=260, attention_width=30)
+    wide = best_plan(lengths, 130, capacity=260, attention_width=1e9)
+    assert narrow is not None and wide is not None and narrow.width <= 130 < wide.width
 
 
 def test_pack_batch_restarts_positions_and_masks_first_tokens():
@@ -163,6 +177,8 @@ def test_dpo_training_with_packing_matches_padding(tiny_model, tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(PackedForward, "__call__", counted)
+    # the tiny model's 64-wide attention makes the cost model prefer padding; pack every batch here
+    monkeypatch.setattr(packing, "best_plan", lambda lengths, width, capacity, aw: plan_packing(lengths, capacity))
     plain = _trainer(tiny_model, tmp_path, "plain", pack_sequences=False)
     assert calls == []
     packed = _trainer(tiny_model, tmp_path, "packed", pack_sequences=True)

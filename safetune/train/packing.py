@@ -74,14 +74,41 @@ def _index_maps(plan: PackPlan, padded_width: int, device: Any) -> tuple[torch.T
     return t(tok_src), t(tok_dst), t(out_src), t(out_dst)
 
 
+def packing_cost(rows: int, width: int, attention_width: float) -> float:
+    """Relative forward cost of ``rows`` x ``width`` token slots: linear layers per slot, attention per slot x width.
+
+    ``attention_width`` is the row width at which attention work per token equals the linear layers' (about
+    3 x hidden size for Llama-style blocks: 2 x 12 d^2 FLOPs of projections and MLP per token vs 4 d per key).
+    """
+    return rows * width * (1.0 + width / attention_width)
+
+
+def best_plan(lengths: list[int], padded_width: int, capacity: int | None, attention_width: float) -> PackPlan | None:
+    """The cheapest packing over row capacities from the batch width up to ``capacity``; None when padding is cheaper.
+
+    Rows of the batch width only pack sequences short enough to share; wider rows pack more but pay quadratic
+    attention and more waste in the last row. Uniform lengths (e.g. responses cut to ``max_completion_length``)
+    usually leave padding the cheaper choice, and the padded batch then runs unchanged.
+    """
+    top = max(padded_width, capacity or 0)
+    caps = sorted({padded_width, min(top, padded_width * 3 // 2), min(top, padded_width * 2), top})
+    plans = [plan_packing(lengths, c) for c in caps]
+    best = min(plans, key=lambda p: packing_cost(p.rows, p.width, attention_width))
+    padded = packing_cost(len(lengths), max(lengths), attention_width)  # TRL pads to the longest sequence
+    if best.rows == len(lengths) or packing_cost(best.rows, best.width, attention_width) >= 0.97 * padded:
+        return None
+    return best
+
+
 def pack_batch(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor | None,
     pad_token_id: int,
     capacity: int | None = None,
+    plan: PackPlan | None = None,
 ) -> tuple[dict[str, torch.Tensor], PackPlan, tuple[torch.Tensor, ...]]:
-    """Pack a right-padded batch into rows of ``max(capacity, batch width)`` tokens.
+    """Pack a right-padded batch into rows of ``max(capacity, batch width)`` tokens (or as ``plan`` says).
 
     Returns the model inputs (no attention mask), the plan and the index maps.
     """
@@ -89,7 +116,8 @@ def pack_batch(
         raise ValueError("packing needs a 2-D (batch, length) attention mask")
     lengths = attention_mask.sum(dim=1).tolist()
     width = input_ids.size(1)
-    plan = plan_packing([int(n) for n in lengths], max(width, capacity or 0))
+    if plan is None:
+        plan = plan_packing([int(n) for n in lengths], max(width, capacity or 0))
     maps = _index_maps(plan, width, input_ids.device)
     tok_src, tok_dst = maps[0], maps[1]
     size = plan.rows * plan.width
@@ -149,6 +177,10 @@ class PackedForward:
         self.verify = verify
         self.last_plan: PackPlan | None = None
         self.verified_max_diff: float | None = None
+        self.padded_calls = 0
+        config = getattr(model, "config", None)
+        hidden = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "hidden_size", 0)
+        self.attention_width = 3.0 * (hidden or 1024)
 
     def __getattr__(self, name: str) -> Any:  # anything else TRL reads from the model
         return getattr(self.model, name)
@@ -157,8 +189,13 @@ class PackedForward:
         if not kwargs.get("fused_lm_head") or labels is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         batch, width = input_ids.shape
-        packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, self.capacity)
+        lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+        plan = best_plan(lengths, width, self.capacity, self.attention_width)
         self.last_plan = plan
+        if plan is None:  # padding is as cheap: run the batch as TRL built it
+            self.padded_calls += 1
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
         if self.verify and plan.rows < batch:
             self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
         outputs = self.model(**packed, **kwargs)
