@@ -288,7 +288,7 @@ def shared_prefix_inputs(model: Any, ids: list[list[int]], pad_token_id: int, de
     prefix = torch.tensor([ids[0][:p]], device=device)
     out = model(input_ids=prefix, use_cache=True)
     name = _cache_kwarg()
-    cache = out.get(name, out.get("past_key_values"))
+    cache = out.get(name) if name in out else out.get("past_key_values")
     if not hasattr(cache, "batch_repeat_interleave"):
         return None
     cache.batch_repeat_interleave(len(ids))
