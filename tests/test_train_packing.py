@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_padding import _dataset
+from test_train_padding import _trainer as _padding_trainer
 from train_tiny import make_tiny_model
 
 from safetune.core.config import ConfigError
 from safetune.train import packing
-from safetune.train.dpo_config import build_dpo_config, safetune_trainer_options
+from safetune.train.dpo_config import safetune_trainer_options
 from safetune.train.packing import PackedForward, best_plan, pack_batch, plan_packing
-from safetune.train.trl_ext import make_trainer_class
 
 
 @pytest.fixture(scope="module")
@@ -139,31 +138,16 @@ def test_gradients_equal_the_padded_pass(tiny_model):
 
 
 def _trainer(model_dir, tmp_path, name: str, **cfg):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    trainer_cfg = {
-        "per_device_train_batch_size": 4,
-        "precompute_ref_log_probs": True,
-        "precompute_ref_batch_size": 4,
-        "max_length": 128,
-        "report_to": [],
-        "bf16": False,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "seed": 0,
-        "loss_type": ["sigmoid", "sft"],
+    return _padding_trainer(
+        model_dir,
+        tmp_path / name,
+        8,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        seed=0,
+        loss_type=["sigmoid", "sft"],
         **cfg,
-    }
-    args = build_dpo_config(trainer_cfg, str(tmp_path / name))
-    return make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=_dataset(8),
-        processing_class=tok,
-        **safetune_trainer_options(trainer_cfg),
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_tiny import make_tiny_model
 
-from safetune.train.dpo_config import build_dpo_config
+from safetune.train.dpo_config import build_dpo_config, safetune_trainer_options
 from safetune.train.trl_ext import completion_positions_only, make_trainer_class, pair_lengths
 
 ROWS = [
@@ -58,8 +58,10 @@ def _trainer(model_dir, tmp_path, n: int, *, safetune: bool = True, **trainer_cf
         **trainer_cfg,
     }
     args = build_dpo_config(cfg, str(tmp_path / ("safetune" if safetune else "trl")))
-    cls = make_trainer_class() if safetune else DPOTrainer
-    return cls(model=model, args=args, train_dataset=_dataset(n), processing_class=tok)
+    if not safetune:
+        return DPOTrainer(model=model, args=args, train_dataset=_dataset(n), processing_class=tok)
+    own = safetune_trainer_options(cfg)  # e.g. pack_sequences (tests/test_train_packing.py)
+    return make_trainer_class()(model=model, args=args, train_dataset=_dataset(n), processing_class=tok, **own)
 
 
 def test_length_sorted_reference_pass_returns_trls_log_probs_in_dataset_order(tiny_model, tmp_path):
