@@ -37,7 +37,8 @@ SAFETUNE_DEFAULTS: dict[str, Any] = {
 SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "max_completion_length": "Keep at most this many tokens of each chosen/rejected response (TRL 1.x dropped the "
     "field). Cuts training and reference-pass compute when only the opening of a response matters; null keeps all.",
-    "pack_sequences": "Pack the chosen and rejected sequences of each batch end to end into as few rows as fit, with "
+    "pack_sequences": "Pack the chosen and rejected sequences of each batch end to end (when a cost model says it is "
+    "cheaper than padding), with "
     "block-diagonal attention and per-sequence positions, so no forward pass pays for padding (TRL 1.16 disables its "
     "own padding_free for DPO). Same log-probs as the padded pass within float tolerance.",
 }

@@ -4,8 +4,9 @@ TRL 1.16 pads every chosen and rejected sequence of a batch to the longest one (
 disabled for DPO). Chosen and rejected answers differ in length (a short refusal next to a long compliance), so a
 large share of each padded batch is padding the model still runs through every layer. :class:`PackedForward`
 stands in for the model inside TRL's loss and reference pass: it lays the real tokens of the ``(2B, L)`` padded
-batch end to end into as few rows of ``trainer.max_length`` tokens (at least ``L``) as first-fit decreasing allows, restarts ``position_ids`` at
-every sequence start and passes no ``attention_mask``; transformers then detects the packed layout from the
+batch end to end into rows (first-fit decreasing; :func:`best_plan` picks the row width between ``L`` and
+``trainer.max_length`` by a cost model, or keeps the padded batch when packing would not be cheaper), restarts
+``position_ids`` at every sequence start and passes no ``attention_mask``; transformers then detects the packed layout from the
 positions and builds a block-diagonal causal mask, so no sequence attends to another (tested by changing one
 sequence and checking its row-mates' log-probs do not move). The per-token outputs (log-probs, entropy, mean
 logits, top-1 flags) are scattered back to the padded ``(2B, L-1)`` layout, so every TRL loss type, length
