@@ -7,8 +7,8 @@ stands in for the model inside TRL's loss and reference pass: it lays the real t
 batch end to end into rows (first-fit decreasing; :func:`best_plan` picks the row width between ``L`` and
 ``trainer.max_length`` by a cost model, or keeps the padded batch when packing would not be cheaper), restarts
 ``position_ids`` at every sequence start and passes no ``attention_mask``; transformers then detects the packed
-layout from the positions and builds a block-diagonal causal mask, so no sequence attends to another (tested by changing one
-sequence and checking its row-mates' log-probs do not move). The per-token outputs (log-probs, entropy, mean
+layout from the positions and builds a block-diagonal causal mask, so no sequence attends to another (tested by
+changing one sequence and checking its row-mates' log-probs do not move). The per-token outputs (log-probs, entropy, mean
 logits, top-1 flags) are scattered back to the padded ``(2B, L-1)`` layout, so every TRL loss type, length
 weighting and metric downstream runs unchanged, and the log-probs equal the padded pass's within float tolerance.
 """
