@@ -9,8 +9,9 @@ Inputs are ``[CLS] prompt [SEP] response [SEP]``, the response cut to its first 
 
 Training is deterministic for a given machine and thread count: seeded initialisation and dropout, a fixed,
 length-bucketed batch order, a prompt-grouped calibration split by hash (never seen in training; the combiner in
-:mod:`safetune.eval.judges.learned` is fitted on it). Rows of the held-out sets (``judge_heldout.jsonl``,
-``judge_check.jsonl``) are never trained on: :func:`training_rows` refuses those files and any row they share.
+:mod:`safetune.eval.judges.learned` is fitted on it). Rows of the held-out sets (:data:`HELDOUT_FILES`: the general
+set, the human-checked set and the small-model set) are never trained on: :func:`training_rows` refuses those files
+and any row they share.
 """
 
 from __future__ import annotations
