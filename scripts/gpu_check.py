@@ -1,8 +1,11 @@
 """One-shot GPU check (scripts/gpu_check.sh): the paths a CPU machine cannot exercise, a few steps each, in one table.
 
-Rows: HF vs vLLM generation (answer and verdict agreement, answers/s), a bf16 LoRA DPO run, QLoRA 4-bit, single-process
-DeepSpeed ZeRO-2 and ZeRO-3 and FSDP runs through `accelerate launch`, and exporting the LoRA run. Each step is its own
-subprocess with a time limit; a step whose package is missing (vllm, deepspeed) is reported as skipped. Without a CUDA
+Rows: HF vs vLLM generation (answer and verdict agreement, answers/s), a bf16 LoRA DPO run, the same run with packed
+sequences through flash-attention 2 (``model.attn_implementation=flash_attention_2``: transformers reads the packed
+layout from the restarted ``position_ids``) and with TRL's Liger kernels (``+trainer.use_liger_kernel=true``), QLoRA
+4-bit, single-process DeepSpeed ZeRO-2 and ZeRO-3 and FSDP runs through `accelerate launch`, and exporting the LoRA
+run. Each step is its own subprocess with a time limit; a step whose package is missing (vllm, flash_attn,
+liger_kernel, deepspeed) is reported as skipped. Without a CUDA
 device it says so and exits 0. Everything is written under $OUT (or ./gpu-check-<time>).
 """
 
@@ -105,6 +108,15 @@ def main() -> int:
         )
     lora = out / "run-lora-bf16"
     steps.append(run("lora_bf16", [*train, f"run_dir={lora}", "trainer.bf16=true"], out))
+    for name, module, extra in (
+        ("packed_flash_attention_2", "flash_attn", ["model.attn_implementation=flash_attention_2"]),
+        ("liger_kernels", "liger_kernel", ["+trainer.use_liger_kernel=true"]),
+    ):
+        if not have(module):
+            steps.append({"step": name, "ok": None, "seconds": 0, "detail": f"skipped: {module} not installed"})
+            continue
+        cmd = [*train, f"run_dir={out / ('run-' + name)}", "trainer.bf16=true", "trainer.pack_sequences=true", *extra]
+        steps.append(run(name, cmd, out))
     steps.append(run("qlora_4bit", [*train, f"run_dir={out / 'run-qlora'}", "peft=qlora"], out))
     for name, conf, extra in (
         ("deepspeed_zero2", "zero2", []),
