@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,43 @@ def test_precision_is_part_of_the_cache_key(tiny, tmp_path):
     expected = (0, 1) if bf16_supported() else (1, 0)
     assert (fp32["ref_cache/hits"], fp32["ref_cache/misses"]) == expected
     assert default["ref_cache/misses"] == 1
+
+
+def test_rows_shared_with_an_earlier_run_are_not_recomputed(tmp_path):
+    """A run whose data adds rows to an earlier run's (a new round's pairs on top of the previous data) computes the
+    reference pass for the new rows only, and gets the same log-probs as a run that computes everything."""
+    from train_tiny import TINY_ROWS
+
+    model = make_tiny_model(tmp_path / "model")
+    small = write_tiny_data(tmp_path / "small.jsonl")
+    grown = write_tiny_data(tmp_path / "grown.jsonl", n=len(TINY_ROWS) + 4)
+
+    def run(data: Path, name: str, cache: Path):
+        cfg = compose_train(
+            train_overrides(model, data, tmp_path / name, "trainer.max_steps=1", f"ref_cache.dir={cache}")
+        )
+        return run_train(cfg)[0]
+
+    first = run(small, "small", tmp_path / "cache")
+    assert first["ref_cache/rows_reused"] == 0 and first["ref_cache/rows_computed"] > 0
+    second = run(grown, "grown", tmp_path / "cache")
+    n_old = first["ref_cache/rows_computed"]
+    assert second["ref_cache/rows_reused"] == n_old  # every row of the first run, read back
+    assert second["ref_cache/rows_computed"] == 4  # only the added rows computed
+    assert second["sanity/max_abs_logratio"] < 1e-3  # reference == policy at step 0: the merged values line up
+    fresh = run(grown, "fresh", tmp_path / "fresh-cache")
+    assert fresh["ref_cache/rows_reused"] == 0
+    assert fresh["ref_cache/rows_computed"] == second["ref_cache/rows_reused"] + second["ref_cache/rows_computed"]
+
+    def stored(cache: Path) -> dict[str, tuple[float, float]]:
+        out = {}
+        for meta in cache.glob("*.json"):
+            t = load_file(str(meta.with_suffix(".safetensors")))
+            keys = json.loads(meta.read_text())["row_keys"]
+            out.update(zip(keys, zip(t["ref_chosen_logps"].tolist(), t["ref_rejected_logps"].tolist())))
+        return out
+
+    merged, computed = stored(tmp_path / "cache"), stored(tmp_path / "fresh-cache")
+    assert set(computed) <= set(merged)
+    for k, (c, r) in computed.items():
+        assert abs(merged[k][0] - c) < 1e-4 and abs(merged[k][1] - r) < 1e-4

@@ -279,6 +279,8 @@ def train_metrics(trainer: Any, result: Any, facts: dict[str, Any], resume_from:
     if ref_cache is not None:
         metrics["ref_cache/hits"] = len(ref_cache.hits)
         metrics["ref_cache/misses"] = len(ref_cache.misses)
+        metrics["ref_cache/rows_reused"] = ref_cache.rows_reused
+        metrics["ref_cache/rows_computed"] = ref_cache.rows_computed
     if resume_from:
         metrics["resumed_from"] = Path(resume_from).name
     return metrics

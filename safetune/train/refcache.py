@@ -1,15 +1,16 @@
-"""A shared on-disk cache of reference log-probabilities, reused across runs and sweep jobs.
+"""A shared on-disk cache of reference log-probabilities, reused across runs, sweep jobs and rounds, row by row.
 
 DPO needs the reference model's summed log-prob of every chosen and rejected answer. They depend on the
-reference weights, the tokenised rows (data content, chat template, tokenizer) and the truncation settings,
-but not on beta, the loss type or the learning rate. So a sweep over those computes them once:
+reference weights, the tokenised row (data content, chat template, tokenizer) and the truncation settings,
+but not on beta, the loss type or the learning rate. So a sweep over those computes them once, and a run whose data
+shares rows with an earlier run computes only its new rows:
 
-    key = sha256(model identity, data content hash, template, max_length/truncation, tokenised rows, split)
+    row key = sha256(model identity, template, max_length/truncation, precision, versions) + sha256(row's token ids)
 
-and stores ``<dir>/<key>.safetensors`` (two float32 vectors) plus ``<key>.json`` (what went into the key).
-Change anything that affects the numbers and the key changes, so they are recomputed; the tokenised rows are
-hashed too, so even a change the config does not name (a new tokenizer file) cannot reuse stale values.
-Files are written atomically (temp file + rename) by rank 0; other ranks wait and read.
+Entries are ``<dir>/<parts>-<rows>.safetensors`` (two float32 vectors) plus ``<parts>-<rows>.json`` (what went into
+the key and the row keys in order). Change anything that affects the numbers and the key changes, so they are
+recomputed; the token ids are hashed, so even a change the config does not name (a new tokenizer file) cannot reuse
+stale values. Files are written atomically (temp file + rename) by rank 0; other ranks wait and read.
 """
 
 from __future__ import annotations
@@ -47,24 +48,27 @@ def model_identity(spec: dict[str, Any], model_path: str) -> dict[str, Any]:
     return ident
 
 
-def tokenized_hash(dataset: Any) -> str:
-    """Hash of the tokenised preference rows (in order) that the reference pass reads."""
-    h = hashlib.sha256()
+def row_keys(dataset: Any) -> list[str]:
+    """One hash per tokenised row (prompt, chosen and rejected token ids): what the reference scores for that row."""
     cols = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     if not cols:
         raise ValueError(
             f"Cannot key the reference cache: dataset has none of {TOKEN_COLUMNS} (columns: {dataset.column_names})."
         )
-    for c in cols:
-        h.update(c.encode())
-        for row in dataset[c]:
-            h.update(json.dumps(row).encode())
-    return h.hexdigest()
+    data = [dataset[c] for c in cols]
+    return [hashlib.sha256(json.dumps([col[i] for col in data]).encode()).hexdigest()[:32] for i in range(len(dataset))]
 
 
 @dataclass
 class RefLogpCache:
-    """Reference log-probs on disk, keyed by everything that changes them."""
+    """Reference log-probs on disk, per row, keyed by everything that changes them.
+
+    Rows are keyed by ``(model identity, template, truncation, precision, versions)`` plus the row's own token ids, so a
+    run whose data shares rows with an earlier run (a new on-policy round on top of the previous rounds' pairs, a
+    source added or a ``max_rows`` raised) computes the reference pass for its new rows only. Each computation adds one
+    entry: ``<parts>-<rows>.safetensors`` (two float32 vectors) and ``<parts>-<rows>.json`` (what went into the key and
+    the row keys, in order).
+    """
 
     dir: Path = field(metadata={"help": "Cache directory (ref_cache.dir); shared by runs and sweep jobs."})
     key_parts: dict[str, Any] = field(
@@ -72,30 +76,46 @@ class RefLogpCache:
         metadata={"help": "Model identity, data content hash, template, max_length/truncation and TRL version."},
     )
     hits: list[str] = field(default_factory=list, metadata={"help": "Splits served from the cache in this run."})
-    misses: list[str] = field(default_factory=list, metadata={"help": "Splits computed (and stored) in this run."})
+    misses: list[str] = field(
+        default_factory=list, metadata={"help": "Splits with rows computed (and stored) in this run."}
+    )
+    rows_reused: int = field(default=0, metadata={"help": "Rows whose reference log-probs came from the cache."})
+    rows_computed: int = field(default=0, metadata={"help": "Rows whose reference log-probs were computed."})
+
+    def parts_key(self) -> str:
+        """The key of everything but the rows (the data's content hash is left out: each row is keyed by its tokens)."""
+        return _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})[:16]
 
     def key(self, dataset: Any, split: str) -> str:
-        return _sha({**self.key_parts, "split": split, "tokens": tokenized_hash(dataset), "rows": len(dataset)})[:32]
+        """The entry name a computation over ``dataset`` is stored under."""
+        return f"{self.parts_key()}-{_sha(row_keys(dataset))[:16]}"
 
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"{key}.safetensors", self.dir / f"{key}.json"
 
-    def load(self, key: str, n_rows: int) -> tuple[list[float], list[float]] | None:
+    def load_rows(self) -> dict[str, tuple[float, float]]:
+        """Every stored row of this key's entries: row key -> (chosen, rejected) reference log-probs."""
         from safetensors.torch import load_file
 
-        tensors_path, _ = self.paths(key)
-        if not tensors_path.is_file():
-            return None
-        t = load_file(str(tensors_path))
-        chosen, rejected = t["ref_chosen_logps"], t["ref_rejected_logps"]
-        if chosen.numel() != n_rows or rejected.numel() != n_rows:
-            log.warning(
-                "Reference cache %s has %d rows, expected %d; recomputing.", tensors_path, chosen.numel(), n_rows
-            )
-            return None
-        return chosen.tolist(), rejected.tolist()
+        found: dict[str, tuple[float, float]] = {}
+        if not self.dir.is_dir():
+            return found
+        for meta_path in sorted(self.dir.glob(f"{self.parts_key()}-*.json")):
+            tensors_path = meta_path.with_suffix(".safetensors")
+            try:
+                keys = json.loads(meta_path.read_text())["row_keys"]
+                t = load_file(str(tensors_path))
+                chosen, rejected = t["ref_chosen_logps"].tolist(), t["ref_rejected_logps"].tolist()
+            except (OSError, ValueError, KeyError) as e:  # a torn or foreign entry: recompute its rows
+                log.warning("Reference cache entry %s unreadable (%s); its rows are recomputed.", tensors_path, e)
+                continue
+            if not (len(keys) == len(chosen) == len(rejected)):
+                log.warning("Reference cache entry %s has mismatched lengths; its rows are recomputed.", tensors_path)
+                continue
+            found.update(zip(keys, zip(chosen, rejected, strict=True), strict=True))
+        return found
 
-    def store(self, key: str, split: str, chosen: list[float], rejected: list[float]) -> None:
+    def store(self, key: str, split: str, keys: list[str], chosen: list[float], rejected: list[float]) -> None:
         from safetensors.torch import save_file
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,39 +129,62 @@ class RefLogpCache:
             str(tmp),
         )
         os.replace(tmp, tensors_path)
+        meta = {"split": split, "rows": len(chosen), **self.key_parts, "row_keys": keys}
         meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
-        meta_tmp.write_text(json.dumps({"split": split, "rows": len(chosen), **self.key_parts}, indent=2, default=str))
+        meta_tmp.write_text(json.dumps(meta, indent=1, default=str))
         os.replace(meta_tmp, meta_path)
 
-    def attach(self, dataset: Any, split: str, compute: Callable[[], Any], accelerator: Any) -> Any:
-        """Return ``dataset`` with ``ref_chosen_logps``/``ref_rejected_logps`` columns, from disk or ``compute()``."""
+    def attach(self, dataset: Any, split: str, compute: Callable[[Any], Any], accelerator: Any) -> Any:
+        """Return ``dataset`` with ``ref_chosen_logps``/``ref_rejected_logps`` columns.
+
+        Rows found on disk are read; ``compute(subset)`` (a dataset with those columns added) runs on the others only,
+        and they are stored as a new entry.
+        """
         from datasets import Dataset, concatenate_datasets
 
-        key = self.key(dataset, split)
-        cached = self.load(key, len(dataset))
+        keys = row_keys(dataset)
+        stored = self.load_rows()
+        missing = [i for i, k in enumerate(keys) if k not in stored]
         if accelerator.num_processes > 1:
-            # Rank 0 decides hit or miss: a file appearing mid-check (a parallel sweep job) must not split the ranks,
-            # since computing runs collective operations.
+            # Rank 0 decides which rows to compute: an entry appearing mid-check (a parallel sweep job) must not split
+            # the ranks, since computing runs collective operations.
             from accelerate.utils import broadcast_object_list
 
-            hit = [cached is not None]
-            broadcast_object_list(hit, from_process=0)
-            if hit[0] and cached is None:
-                cached = self.load(key, len(dataset))
-            elif not hit[0]:
-                cached = None
-        if cached is not None:
+            shared = [missing]
+            broadcast_object_list(shared, from_process=0)
+            missing = shared[0]
+            if any(keys[i] not in stored for i in set(range(len(keys))) - set(missing)):
+                stored = self.load_rows()
+        chosen = [stored[k][0] if k in stored else 0.0 for k in keys]
+        rejected = [stored[k][1] if k in stored else 0.0 for k in keys]
+        self.rows_reused += len(keys) - len(missing)
+        self.rows_computed += len(missing)
+        if not missing:
             self.hits.append(split)
-            log.info("Reference log-probs for %s (%d rows) read from the cache (%s)", split, len(dataset), key)
-            cols = Dataset.from_dict({"ref_chosen_logps": cached[0], "ref_rejected_logps": cached[1]})
-            return concatenate_datasets([dataset, cols], axis=1)
-        out = compute()
-        self.misses.append(split)
-        if accelerator.is_main_process:
-            self.store(key, split, list(out["ref_chosen_logps"]), list(out["ref_rejected_logps"]))
-            log.info("Reference log-probs for %s stored in the cache (%s)", split, self.paths(key)[0])
-        accelerator.wait_for_everyone()
-        return out
+            log.info("Reference log-probs for %s (%d rows) read from the cache (%s)", split, len(keys), self.dir)
+        else:
+            subset = dataset if len(missing) == len(keys) else dataset.select(missing)
+            out = compute(subset)
+            new_c, new_r = list(out["ref_chosen_logps"]), list(out["ref_rejected_logps"])
+            for j, i in enumerate(missing):
+                chosen[i], rejected[i] = new_c[j], new_r[j]
+            self.misses.append(split)
+            if accelerator.is_main_process:
+                new_keys = [keys[i] for i in missing]
+                entry = f"{self.parts_key()}-{_sha(new_keys)[:16]}"
+                self.store(entry, split, new_keys, new_c, new_r)
+                log.info(
+                    "Reference log-probs for %s: %d rows computed and stored (%s), %d read from the cache",
+                    split,
+                    len(missing),
+                    self.paths(entry)[0],
+                    len(keys) - len(missing),
+                )
+            accelerator.wait_for_everyone()
+            if len(missing) == len(keys):
+                return out
+        cols = Dataset.from_dict({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
+        return concatenate_datasets([dataset, cols], axis=1)
 
 
 def build_ref_cache(

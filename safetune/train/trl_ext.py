@@ -165,11 +165,11 @@ def make_trainer_class():
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
             cache = self._safetune_ref_cache
 
-            def compute():
-                return self._length_sorted_ref_pass(dataset, name, batch_size)
+            def compute(rows):
+                return self._length_sorted_ref_pass(rows, name, batch_size)
 
             if cache is None:
-                return compute()
+                return compute(dataset)
             return cache.attach(dataset, name, compute, self.accelerator)
 
         def _length_sorted_ref_pass(self, dataset, name: str, batch_size: int):
