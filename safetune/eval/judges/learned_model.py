@@ -34,7 +34,13 @@ from safetune.core.schema import VERDICT_LABELS, content_hash
 
 log = logging.getLogger(__name__)
 
-TRAIN_FILES = ("judge_train_a.jsonl", "judge_train_b.jsonl", "judge_train.jsonl", "judge_train_small.jsonl")
+TRAIN_FILES = (
+    "judge_train_a.jsonl",
+    "judge_train_b.jsonl",
+    "judge_train.jsonl",
+    "judge_train_small.jsonl",
+    "judge_train_c.jsonl",
+)
 HELDOUT_FILES = ("judge_heldout.jsonl", "judge_check.jsonl", "judge_heldout_small.jsonl")  # never trained on
 LORA_TARGETS = (
     "attention.self.query",
