@@ -35,3 +35,6 @@ def test_shortened_demo_improves_refusal_on_bundled_suite(tmp_path, embedded_mod
     compare_md = (tmp_path / "demo" / "compare" / "compare.md").read_text()
     header = next(line for line in compare_md.splitlines() if line.startswith("| suite"))
     assert "| base | tuned |" in header
+    # peak memory after each stage (one process: non-decreasing), so users see which stage needs the memory
+    rss = [metrics["eval_base_peak_rss_mb"], metrics["tuned/train_peak_rss_mb"], metrics["tuned/eval_peak_rss_mb"]]
+    assert rss[0] > 100 and rss == sorted(rss)

@@ -118,6 +118,7 @@ def run_rounds(
     log.info("[base] evaluating the base model")
     base_metrics, base_art = run_eval(eval_cfgs[0])
     times["eval_base_s"] = time.time() - t
+    times["eval_base_peak_rss_mb"] = peak_rss_mb()
     policy, synth_dirs, metrics, artifacts = (
         "base",
         [],
@@ -136,6 +137,7 @@ def run_rounds(
             s_metrics, _ = run_synthesis(scfg)
             synth_dirs.append(str(synth_dir))
             times[f"{name}/synth_s"] = time.time() - t
+            times[f"{name}/synth_peak_rss_mb"] = peak_rss_mb()
             metrics.update({f"{name}/synth/{key}": v for key, v in s_metrics.items()})
             train_ov.append(f"synth_dir=[{','.join(synth_dirs)}]")
         t = time.time()
@@ -145,12 +147,14 @@ def run_rounds(
         )
         train_metrics, train_art = run_train(tcfg)
         times[f"{name}/train_s"] = time.time() - t
+        times[f"{name}/train_peak_rss_mb"] = peak_rss_mb()
         t = time.time()
         ecfg = compose("eval", [*ev, f"checkpoint={d / 'run'}", f"out_dir={out}"])
         drop_unreachable_suites(ecfg)  # the same suites as the base
         log.info("[%s] evaluating", name)
         tuned_metrics, tuned_art = run_eval(ecfg)
         times[f"{name}/eval_s"] = time.time() - t
+        times[f"{name}/eval_peak_rss_mb"] = peak_rss_mb()
         prefix = name + "/"
         metrics.update({f"{prefix}{key}": v for key, v in tuned_metrics.items() if isinstance(v, float)})
         metrics.update({f"{prefix}train/{key}": v for key, v in train_metrics.items() if key.startswith("final/")})
@@ -182,6 +186,19 @@ def main(default_rounds: int = 2) -> None:
     metrics, artifacts = guarded(lambda: run_rounds(args, out_root, rounds))
     console.print(Path(artifacts["compare_md"]).read_text())
     print_metrics("demo", metrics, {"demo directory": artifacts["root"], "comparison": artifacts["compare_md"]})
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far in MB (0.0 where the platform does not report it).
+
+    The stages run in one process, so the value after each stage is the peak up to its end: the first stage whose
+    value jumps is the one that needs the memory."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0.0
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
 
 
 def _int(key: str, value: str) -> int:

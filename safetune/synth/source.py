@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def load(
     """The pairs of a synthesis run, or of several (a list: every round so far); rows keep their provenance in
     ``metadata['synth']``. ``rules`` / ``pools`` keep only the pairs one of those rules made (``harmful_complied``,
     ``benign_anchor``, ...) or that come from one of those pools (``ordinary``, ``lookalikes``, ``harmful``)."""
-    if isinstance(path, (list, tuple)):
+    if isinstance(path, Sequence) and not isinstance(path, str):  # a list, tuple or Hydra ListConfig
         out = Loaded()
         for p in path:
             part = load(p, on_error=on_error, rules=rules, pools=pools)
