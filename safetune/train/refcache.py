@@ -86,10 +86,6 @@ class RefLogpCache:
         """The key of everything but the rows (the data's content hash is left out: each row is keyed by its tokens)."""
         return _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})[:16]
 
-    def key(self, dataset: Any, split: str) -> str:
-        """The entry name a computation over ``dataset`` is stored under."""
-        return f"{self.parts_key()}-{_sha(row_keys(dataset))[:16]}"
-
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"{key}.safetensors", self.dir / f"{key}.json"
 
