@@ -151,6 +151,11 @@ class RefLogpCache:
             missing = shared[0]
             if any(keys[i] not in stored for i in set(range(len(keys))) - set(missing)):
                 stored = self.load_rows()
+                if any(keys[i] not in stored for i in set(range(len(keys))) - set(missing)):
+                    raise InputError(
+                        f"Reference cache {self.dir}: rank 0 read rows this rank cannot find.",
+                        hint="put ref_cache.dir on a filesystem every rank sees, or ref_cache.enabled=false",
+                    )
         chosen = [stored[k][0] if k in stored else 0.0 for k in keys]
         rejected = [stored[k][1] if k in stored else 0.0 for k in keys]
         self.rows_reused += len(keys) - len(missing)
