@@ -50,6 +50,12 @@ def test_two_rounds_synthesise_with_the_previous_checkpoint_and_compare(tmp_path
     assert m2["provenance"]["checkpoint_id"] != m1["provenance"]["checkpoint_id"]
     assert "adapter" in m2["provenance"]["checkpoint_id"]
     assert metrics["round-1/synth/pairs"] > 0 and metrics["round-2/synth/pairs"] > 0
+    # round 2 met prompts round 1 had not (the next seeded part of each sampled pool)
+    seen = [
+        {json.loads(line)["prompt_id"] for line in (root / r / "synth" / "verdicts.jsonl").read_text().splitlines()}
+        for r in ("round-1", "round-2")
+    ]
+    assert len(seen[0]) == len(seen[1]) == 12 and not seen[0] & seen[1]
 
     # round 2 trains on the curated data plus both rounds' pairs
     pools = {

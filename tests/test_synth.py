@@ -139,6 +139,34 @@ def test_stratified_sample_is_deterministic_and_spread():
     assert [p.id for p in a] == [p.id for p in b] and len({p.category for p in a}) == 19
 
 
+def test_successive_parts_are_disjoint_spread_and_wrap_when_the_pool_runs_out():
+    ps = load_pool("pools://harmful_*.jsonl", name="harmful")
+    n = len(ps) // 3
+    parts = [stratified_sample(ps, n, seed=5, part=k) for k in range(4)]
+    ids = [{p.id for p in part} for part in parts]
+    assert [len(s) for s in ids] == [n] * 4
+    assert not ids[0] & ids[1] and not ids[1] & ids[2] and not ids[0] & ids[2]  # three parts fit: all new prompts
+    assert all(len({p.category for p in part}) == 19 for part in parts[:3])  # each still spread over the groups
+    assert ids[3] <= ids[0] | ids[1] | ids[2] and ids[3] & ids[0]  # the fourth wraps round to the first's prompts
+    assert [p.id for p in stratified_sample(ps, n, seed=5, part=1)] == [p.id for p in parts[1]]  # seeded
+    with pytest.raises(InputError, match="part=-1"):
+        stratified_sample(ps, n, seed=5, part=-1)
+
+
+def test_each_round_synthesises_on_prompts_earlier_rounds_did_not_see():
+    from safetune.synth.run import load_pools
+
+    cfg = compose("synthesize", ["synth.pools.0.max_rows=40", "synth.pools.1.max_rows=20", "synth.pools.2.max_rows=30"])
+    r1, r2 = load_pools(cfg.synth, 1), load_pools(cfg.synth, 2)
+    assert len(r1) == len(r2) == 90
+    assert not {(p.suite, p.id) for p in r1} & {(p.suite, p.id) for p in r2}
+    assert [p.id for p in load_pools(cfg.synth)] == [p.id for p in r1]  # round 1 is the plain seeded subset
+    same = compose("synthesize", ["synth.pools.0.max_rows=40", "synth.new_prompts_each_round=false"])
+    assert [p.id for p in load_pools(same.synth, 3)] == [p.id for p in load_pools(same.synth, 1)]
+    whole = compose("synthesize", [])  # whole pools: every round the same prompts
+    assert len(load_pools(whole.synth, 2)) == len(load_pools(whole.synth, 1))
+
+
 @pytest.fixture()
 def pools(tmp_path):
     rows = [

@@ -24,10 +24,17 @@ from safetune.data.mix import load_suite_prompts, normalise_text
 
 
 def load_pool(
-    path: str, *, name: str | None = None, max_rows: int | None = None, seed: int = 0, kind: str | None = None
+    path: str,
+    *,
+    name: str | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    kind: str | None = None,
+    part: int = 0,
 ) -> list[EvalPrompt]:
     """Prompts of a pool file (or glob); ``max_rows`` keeps a seeded sample spread evenly over the pool's groups
-    (area/type for benign rows, category for harmful ones); ``kind`` keeps one kind only."""
+    (area/type for benign rows, category for harmful ones); ``part`` k takes the (k+1)-th such sample, disjoint from
+    parts 0..k-1 while the pool lasts (the rounds runner gives round k part k-1); ``kind`` keeps one kind only."""
     name = name or path.rsplit("/", 1)[-1].replace("*", "")
     out: list[EvalPrompt] = []
     for where, row in iter_rows(path):
@@ -59,31 +66,39 @@ def load_pool(
                 metadata={k: row[k] for k in ("area", "style") if row.get(k)} | {"location": where},
             )
         )
-    return stratified_sample(out, max_rows, seed)
+    return stratified_sample(out, max_rows, seed, part)
 
 
 def _group(p: EvalPrompt) -> str:
     return p.category if p.kind == "harmful" else str(p.metadata.get("area") or p.type)
 
 
-def stratified_sample(prompts: list[EvalPrompt], n: int | None, seed: int = 0) -> list[EvalPrompt]:
-    """``n`` prompts taken round-robin over the groups (each group shuffled with ``seed``), in the pool's order."""
-    if n is None or n >= len(prompts):
+def stratified_sample(prompts: list[EvalPrompt], n: int | None, seed: int = 0, part: int = 0) -> list[EvalPrompt]:
+    """``n`` prompts taken round-robin over the groups (each group shuffled with ``seed``), in the pool's order.
+
+    ``part`` k skips the ``k * n`` prompts parts 0..k-1 took (same seed), so successive parts are disjoint until the
+    pool runs out; then the order wraps around (the earliest prompts come back first)."""
+    if n is None or (n >= len(prompts) and part == 0):
         return prompts
     if n < 1:
         raise InputError(f"max_rows={n!r}: expected a whole number >= 1, or null for the whole pool.")
+    if part < 0:
+        raise InputError(f"part={part!r}: expected a whole number >= 0.")
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(_group(p), []).append(i)
     rng = random.Random(seed)
     for idx in groups.values():
         rng.shuffle(idx)
-    keep: list[int] = []
-    order = sorted(groups)
-    while len(keep) < n:
-        for g in order:
-            if groups[g] and len(keep) < n:
-                keep.append(groups[g].pop())
+    order: list[int] = []  # the whole pool in round-robin order; part k is the k-th window of n
+    names = sorted(groups)
+    while len(order) < len(prompts):
+        for g in names:
+            if groups[g]:
+                order.append(groups[g].pop())
+    n = min(n, len(prompts))
+    start = part * n
+    keep = [order[(start + j) % len(order)] for j in range(n)]
     return [prompts[i] for i in sorted(keep)]
 
 

@@ -35,11 +35,22 @@ PAIRS = "pairs.jsonl"
 MANIFEST = "synth_manifest.json"
 
 
-def load_pools(synth_cfg: Any) -> list[EvalPrompt]:
-    """Every configured pool (``synth.pools``: ``_target_`` nodes), deduplicated on normalised prompt text."""
+POOL_LOADER = "safetune.synth.pools.load_pool"
+
+
+def load_pools(synth_cfg: Any, round_no: int = 1) -> list[EvalPrompt]:
+    """Every configured pool (``synth.pools``: ``_target_`` nodes), deduplicated on normalised prompt text.
+
+    With ``synth.new_prompts_each_round`` (default) round k takes part k-1 of each sampled pool (``max_rows`` set):
+    a seeded subset disjoint from earlier rounds' while the pool lasts, so each round meets prompts it was not
+    trained on. Pools read whole (``max_rows: null``) are the same every round."""
+    sc = to_plain(synth_cfg)
+    part = max(int(round_no) - 1, 0) if sc.get("new_prompts_each_round", True) else 0
     prompts: list[EvalPrompt] = []
     seen: set[str] = set()
-    for node in to_plain(synth_cfg)["pools"]:
+    for node in sc["pools"]:
+        if part and node.get("_target_") == POOL_LOADER and "part" not in node:
+            node = {**node, "part": part}
         for p in instantiate(node):
             key = normalise_text(" ".join(m["content"] for m in p.prompt))
             if key not in seen:
@@ -79,7 +90,7 @@ def style_refusals(
 def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Answer, judge and pair; returns ``(metrics, artifacts)`` (``pairs_jsonl``, ``manifest``, ``out_dir``)."""
     sc = to_plain(cfg.synth)
-    prompts = load_pools(cfg.synth)
+    prompts = load_pools(cfg.synth, int(cfg.get("round", 1)))
     leakage = [str(s) for s in sc.get("leakage_suites") or []]
     check_disjoint(prompts, leakage)  # before any model loads
     out_dir = agree_on_dir(Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.paths.runs) / f"synth-{timestamp()}")
