@@ -89,6 +89,30 @@ def test_benign_answers_anchor_and_over_refusals_are_rejected():
     assert pair_for(p, Answers(greedy=refused), BANK, PROV) == (None, "benign_no_helpful_answer")
 
 
+def test_texts_cut_inside_a_character_are_trimmed_and_broken_ones_never_reach_a_pair():
+    from safetune.data.validate import validate_examples
+
+    p, b = prompt("harmful"), prompt("benign")
+    cut = rec(p, "compliance", "Sure, try resetting the password with their phone \ufffd")  # stopped mid-character
+    ex, rule = pair_for(p, Answers(greedy=cut), BANK, PROV)
+    assert rule == "harmful_complied" and ex.rejected == "Sure, try resetting the password with their phone"
+    report = validate_examples([ex], {"validation": {"tactic_targets": {}, "min_per_category": 0}})
+    assert not report.errors
+    garbled = rec(p, "compliance", "Sure \ufffd\u90a3\ufffd try their phone.")
+    assert pair_for(p, Answers(greedy=garbled), BANK, PROV) == (None, "unusable_text")
+    answer = rec(b, "compliance", "Turn the heating off and open the valve at the top with a radiator key.")
+    broken_style = "I'm sorry, but I can't \ufffd\u90a3\u662f\ufffd help."
+    assert pair_for(b, Answers(greedy=answer, style_refusal=broken_style), BANK, PROV) == (
+        None,
+        "benign_no_refusal_to_reject",
+    )
+    bad_sample = rec(b, "refusal", "I won't \x07 help with bleeding.")
+    ex, _ = pair_for(
+        b, Answers(greedy=answer, samples=[bad_sample], style_refusal="I can't help you bleed it."), BANK, PROV
+    )
+    assert ex.rejected == "I can't help you bleed it."  # the broken sample is skipped, the style refusal used
+
+
 def test_provenance_and_determinism():
     ps = [prompt("harmful", f"h{i}") for i in range(5)]
     answers = {(p.suite, p.id): Answers(greedy=rec(p, "compliance", f"Sure, step {p.id}.")) for p in ps}

@@ -54,6 +54,12 @@ _MOJIBAKE = re.compile("Ã[\u0080-\u00bf]|â€[\u0080-\u00bf\u2018-\u201d\u2122
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def broken_text(text: str) -> str | None:
+    """The first mis-decoded or control character of ``text`` (what validation calls broken encoding), else None."""
+    m = _MOJIBAKE.search(text) or _CONTROL.search(text)
+    return m.group(0) if m else None
+
+
 def is_refusal(text: str) -> bool:
     """Does the opening of a reply decline the request? (:func:`safetune.core.lexicon.declines`)"""
     return lexicon.declines(text)
@@ -161,8 +167,8 @@ def check_example(ex: PreferenceExample, opts: dict[str, Any]) -> list[Issue]:
         "rejected": ex.rejected,
     }
     for name, text in texts.items():
-        if isinstance(text, str) and (_MOJIBAKE.search(text) or _CONTROL.search(text)):
-            bad = (_MOJIBAKE.search(text) or _CONTROL.search(text)).group(0)
+        bad = broken_text(text) if isinstance(text, str) else None
+        if bad:
             add(
                 "error",
                 "encoding",

@@ -27,7 +27,9 @@ rule                          when                                              
 ============================  ==================================================  ===================================
 
 Prompts with no usable pair (harmful prompts refused in every answer; benign ones with no helpful answer) are
-counted, not paired. Every row keeps its provenance in ``metadata["synth"]`` (round, policy, checkpoint id,
+counted, not paired. A generated text cut inside a multi-byte character loses the broken tail; one with a broken
+character inside (``\ufffd``, control characters: what validation rejects) is not used (``unusable_text`` when it
+is the greedy answer). Every row keeps its provenance in ``metadata["synth"]`` (round, policy, checkpoint id,
 generation settings, judge, verdict and confidence of both answers, rule, pool) and ``source`` =
 ``synth:r<round>:<pool>``. Choices are deterministic (hash-seeded), so the same inputs give the same pairs.
 """
@@ -35,12 +37,13 @@ generation settings, judge, verdict and confidence of both answers, rule, pool) 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from typing import Any
 
 from safetune.core.lexicon import contradicts, moralises
 from safetune.core.schema import EvalPrompt, EvalRecord, PreferenceExample
+from safetune.data.validate import broken_text
 from safetune.synth.pools import RefusalBank
 
 RULES = ("harmful_complied", "harmful_sample_leaked", "benign_anchor", "benign_over_refusal")
@@ -88,11 +91,42 @@ def _verdict(r: EvalRecord) -> dict[str, Any]:
     return {"label": r.label, "judge": r.judge, "reason": r.reason[:120]}
 
 
+def usable_text(text: str | None) -> str | None:
+    """A generated text fit for a pair: a broken character at the end (generation stopped inside a multi-byte
+    character) is cut off; one with a broken character inside gives None."""
+    if text is None:
+        return None
+    t = text.rstrip().rstrip("\ufffd").rstrip()
+    return None if broken_text(t) else t
+
+
+def _usable_record(r: EvalRecord | None) -> EvalRecord | None:
+    t = usable_text(r.response) if r is not None else None
+    return None if t is None else replace(r, response=t)
+
+
+def usable_answers(a: Answers) -> Answers | None:
+    """``a`` with every text made fit for a pair (:func:`usable_text`); None when the greedy answer is not."""
+    g = _usable_record(a.greedy)
+    if g is None:
+        return None
+    return Answers(
+        greedy=g,
+        samples=[s for s in map(_usable_record, a.samples) if s is not None],
+        style_refusal=usable_text(a.style_refusal),
+        reference=_usable_record(a.reference),
+    )
+
+
 def pair_for(
     p: EvalPrompt, a: Answers, bank: RefusalBank, prov: Provenance, *, min_rubric: int = 1
 ) -> tuple[PreferenceExample | None, str]:
     """The pair for one prompt under the rules above, and the rule (or why there is none)."""
     key = f"{prov.seed}:{prov.round}:{p.suite}:{p.id}"
+    clean = usable_answers(a)
+    if clean is None:
+        return None, "unusable_text"
+    a = clean
     g = a.greedy
     chosen = rejected = None
     extra: dict[str, Any] = {}
