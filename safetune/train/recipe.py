@@ -275,6 +275,10 @@ def train_metrics(trainer: Any, result: Any, facts: dict[str, Any], resume_from:
         if key in last_train:
             metrics[f"final/{key}"] = last_train[key]
     metrics.update(trainer.sanity_report)
+    trunk = getattr(trainer, "_safetune_trunk", None)
+    if trunk is not None:  # reference computed in-step, sharing the frozen trunk (train/trunk.py)
+        metrics["ref/shared_trunk_layers"] = trunk.depth if trunk.enabled else 0
+        metrics["ref/shared_trunk_reused"] = trunk.reused
     ref_cache = facts["ref_cache"]
     if ref_cache is not None:
         metrics["ref_cache/hits"] = len(ref_cache.hits)

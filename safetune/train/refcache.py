@@ -130,6 +130,14 @@ class RefLogpCache:
         meta_tmp.write_text(json.dumps(meta, indent=1, default=str))
         os.replace(meta_tmp, meta_path)
 
+    def stored_fraction(self, dataset: Any) -> float:
+        """The share of ``dataset``'s rows whose reference log-probs are on disk."""
+        keys = row_keys(dataset)
+        if not keys:
+            return 1.0
+        stored = self.load_rows()
+        return sum(k in stored for k in keys) / len(keys)
+
     def attach(self, dataset: Any, split: str, compute: Callable[[Any], Any], accelerator: Any) -> Any:
         """Return ``dataset`` with ``ref_chosen_logps``/``ref_rejected_logps`` columns.
 

@@ -130,6 +130,7 @@ def make_trainer_class():
             sanity: SanityCheck | None = None,
             max_completion_length: int | None = None,
             pack_sequences: bool | None = None,
+            share_frozen_trunk: bool | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
@@ -137,6 +138,8 @@ def make_trainer_class():
             self._safetune_pack = bool(pack_sequences)
             self._safetune_pack_verified = False
             self._safetune_ref_cache = ref_cache
+            self._safetune_share_trunk = bool(share_frozen_trunk)
+            self._safetune_trunk = None  # a SharedTrunk when the reference is computed in-step (train/trunk.py)
             self._safetune_sanity = sanity
             self._safetune_checked = False
             self.sanity_report: dict[str, float] = {}
@@ -164,6 +167,8 @@ def make_trainer_class():
 
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
             cache = self._safetune_ref_cache
+            if name == "train" and self._safetune_share_trunk and self._choose_shared_trunk(dataset, cache):
+                return dataset  # no ref columns: _compute_loss computes them in each step
 
             def compute(rows):
                 return self._length_sorted_ref_pass(rows, name, batch_size)
@@ -186,6 +191,76 @@ def make_trainer_class():
                 chosen[i], rejected[i] = c, r
             cols = Dataset.from_dict({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected})
             return concatenate_datasets([dataset, cols], axis=1)
+
+        def _planned_epochs(self, rows: int) -> float:
+            args = self.args
+            if args.max_steps and args.max_steps > 0:
+                batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                return args.max_steps * batch / max(rows, 1)
+            return float(args.num_train_epochs)
+
+        def _choose_shared_trunk(self, dataset, cache) -> bool:
+            """Skip the separate reference pass when in-step reference + shared trunk needs fewer layer forwards."""
+            from safetune.train.trunk import in_step_is_cheaper, trunk_for
+
+            trunk = trunk_for(self)
+            if trunk is None:
+                return False
+            stored = cache.stored_fraction(dataset) if cache is not None else 0.0
+            epochs = self._planned_epochs(len(dataset))
+            cheaper = [in_step_is_cheaper(trunk.num_layers, trunk.depth, epochs, stored)]
+            if self.accelerator.num_processes > 1:  # every rank must take the same path (the pass is collective)
+                from accelerate.utils import broadcast_object_list
+
+                broadcast_object_list(cheaper, from_process=0)
+            if not cheaper[0]:
+                log.info(
+                    "share_frozen_trunk: the separate reference pass is cheaper here (%.1f epochs, %.0f%% of rows "
+                    "cached; frozen trunk %d of %d layers)",
+                    epochs,
+                    100 * stored,
+                    trunk.depth,
+                    trunk.num_layers,
+                )
+                return False
+            self._safetune_trunk = trunk
+            log.info(
+                "share_frozen_trunk: reference log-probs are computed in each step; the policy starts from the "
+                "reference's hidden state at layer %d of %d (%d instead of %d layer forwards per row and epoch, no "
+                "separate pass)",
+                trunk.depth,
+                trunk.num_layers,
+                2 * trunk.num_layers - trunk.depth,
+                trunk.num_layers * (1 + 1 / max(epochs, 1e-9)),
+            )
+            return True
+
+        def _ref_sharing_trunk(self, model, inputs):
+            """This batch's reference log-probs (full forward); the trunk's hidden state is kept for the policy."""
+            from safetune.train.trunk import verify_reuse
+
+            trunk = self._safetune_trunk
+            with trunk.capture():
+                chosen, rejected = self.compute_ref_log_probs(model, inputs)
+            if not trunk.verified:  # once: the reference again, started from the kept state, must match
+                trunk.verified = True
+                before = trunk.reused
+                with trunk.reuse():
+                    again = torch.cat(self.compute_ref_log_probs(model, inputs))
+                ok, worst = verify_reuse(torch.cat([chosen, rejected]), again, bool(self.args.bf16 or self.args.fp16))
+                if ok and trunk.reused > before:
+                    log.info("share_frozen_trunk: verified (worst %.2g nats per sequence)", worst)
+                else:
+                    trunk.enabled = False
+                    log.warning(
+                        "share_frozen_trunk: this model's backbone cannot start from layer %d (log-probs moved by "
+                        "%.3g nats, reused=%s); falling back to full policy forwards. Set "
+                        "trainer.share_frozen_trunk=false to use the separate reference pass instead.",
+                        trunk.depth,
+                        worst,
+                        trunk.reused > before,
+                    )
+            return chosen.detach(), rejected.detach()
 
         def _packed(self, model):
             """The model, or a packed-sequence stand-in for it (``trainer.pack_sequences``; see train/packing.py)."""
@@ -210,9 +285,16 @@ def make_trainer_class():
             return out
 
         def _compute_loss(self, model, inputs, return_outputs):
+            trunk = self._safetune_trunk
+            shared = trunk is not None and self.precompute_ref_logps and "ref_chosen_logps" not in inputs
+            if shared:
+                chosen, rejected = self._ref_sharing_trunk(model, inputs)
+                inputs = {**inputs, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
             model = self._packed(model)
-            with completion_positions_only():
+            with completion_positions_only(), trunk.reuse() if shared else contextlib.nullcontext():
                 out = super()._compute_loss(model, inputs, return_outputs)
+            if shared:
+                trunk.release()
             self._note_verified(model)
             sanity = self._safetune_sanity
             if self._safetune_checked or sanity is None or not sanity.enabled or not self.model.training:
