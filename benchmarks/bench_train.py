@@ -12,7 +12,12 @@ one after another in one invocation, on the same rows, model, batch size, max le
 * ``safetune_default``  — safetune's defaults: reference log-probs precomputed once (the shared reference cache,
                           length-sorted batches), no gradient checkpointing, LM head scored on completion positions
                           only.
-* ``safetune_top4``     — safetune's defaults with ``peft.top_layers=4``: backward stops below the top 4 layers.
+* ``safetune_top4``     — safetune's defaults with ``peft.top_layers=4``: backward stops below the top 4 layers, and
+                          (``trainer.share_frozen_trunk``, default) the reference runs in each step while the policy
+                          starts from its hidden state at layer 26: no separate reference pass, no second trunk pass.
+* ``safetune_top4_separate`` — the same with ``trainer.share_frozen_trunk=false`` (separate reference pass, full
+                          policy forward): what the shared trunk saves.
+* ``safetune_top10`` / ``safetune_top10_separate`` — the same pair with the demo's ``peft.top_layers=10``.
 * ``safetune_grouped``  — safetune's defaults with ``trainer.train_sampling_strategy=group_by_length`` (batches of
                           similar length: less padding, a different data order). TRL 1.16's ``padding_free`` is
                           not a variant: TRL disables it ("temporarily unavailable") and pads anyway.
@@ -56,6 +61,9 @@ VARIANTS = [
     "safetune_default",
     "safetune_as_trl",
     "safetune_top4",
+    "safetune_top4_separate",
+    "safetune_top10",
+    "safetune_top10_separate",
     "safetune_grouped",
     "safetune_packed",
     "safetune_compiled",
@@ -163,7 +171,9 @@ def flops_per_token(model: Any, adapted_layers: list[int] | None, reference_forw
     """Useful model FLOPs (matmuls only; attention scores and gradient-checkpoint recompute excluded).
 
     With N = parameters in matmuls (every ``nn.Linear`` incl. ``lm_head``; embedding look-ups are free):
-      policy forward 2N; reference forward 2N (no grad; paid once either way: per step, or once when precomputed);
+      reference forward 2N (no grad; paid once either way: per step, or once when precomputed); policy forward
+      2 N_act (below the lowest adapted layer the policy's hidden states are the reference's, so that trunk counts
+      once);
       backward = activation gradients 2 N_act + weight gradients 2 N_train, where N_act is the matmul parameters
       from the lowest adapted layer up (all of N for full or all-layer LoRA; far less with ``peft.top_layers``),
       and N_train the trainable LoRA parameters. Full fine-tuning would be 2N + 4N (+2N reference).
@@ -191,7 +201,10 @@ def flops_per_token(model: Any, adapted_layers: list[int] | None, reference_forw
         if isinstance(m, torch.nn.Linear) and li is not None and li >= lowest:
             n_lora += r * (m.in_features + m.out_features)
     ref = 2 if reference_forward else 0
-    body = 2 * (n_all - n_head) + 2 * (n_act - n_head) + 2 * n_lora + ref * (n_all - n_head)
+    # below the lowest adapted layer the policy computes exactly the reference's hidden states: that trunk is useful
+    # once (in the reference forward), however an implementation schedules it (trainer.share_frozen_trunk)
+    policy_forward = 2 * (n_act - n_head) if reference_forward else 2 * (n_all - n_head)
+    body = policy_forward + 2 * (n_act - n_head) + 2 * n_lora + ref * (n_all - n_head)
     return {
         "matmul_params": n_all,
         "lm_head_params": n_head,
@@ -301,6 +314,17 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_default": [],
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
+            "safetune_top4_separate": [
+                "peft.top_layers=4",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+                "trainer.share_frozen_trunk=false",
+            ],
+            "safetune_top10": ["peft.top_layers=10", f"peft.target_modules=[{','.join(LINEAR)}]"],
+            "safetune_top10_separate": [
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+                "trainer.share_frozen_trunk=false",
+            ],
             "safetune_grouped": ["+trainer.train_sampling_strategy=group_by_length"],
             "safetune_packed": ["trainer.pack_sequences=true"],
             "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],
