@@ -17,7 +17,10 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           starts from its hidden state at layer 26: no separate reference pass, no second trunk pass.
 * ``safetune_top4_separate`` — the same with ``trainer.share_frozen_trunk=false`` (separate reference pass, full
                           policy forward): what the shared trunk saves.
-* ``safetune_top10`` / ``safetune_top10_separate`` — the same pair with the demo's ``peft.top_layers=10``.
+* ``safetune_top10`` / ``safetune_top10_separate`` — the same pair with the demo's ``peft.top_layers=10``;
+  ``safetune_top10_before`` also without ``trainer.share_prompt`` (the demo's training before both existed).
+* ``safetune_flatpack`` — safetune's defaults with ``trainer.share_prompt=false``: flat packing, each pair's prompt
+                          computed twice (once with the chosen, once with the rejected answer).
 * ``safetune_grouped``  — safetune's defaults with ``trainer.train_sampling_strategy=group_by_length`` (batches of
                           similar length: less padding, a different data order). TRL 1.16's ``padding_free`` is
                           not a variant: TRL disables it ("temporarily unavailable") and pads anyway.
@@ -64,6 +67,8 @@ VARIANTS = [
     "safetune_top4_separate",
     "safetune_top10",
     "safetune_top10_separate",
+    "safetune_top10_before",
+    "safetune_flatpack",
     "safetune_grouped",
     "safetune_packed",
     "safetune_compiled",
@@ -325,6 +330,13 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
                 f"peft.target_modules=[{','.join(LINEAR)}]",
                 "trainer.share_frozen_trunk=false",
             ],
+            "safetune_top10_before": [
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+                "trainer.share_frozen_trunk=false",
+                "trainer.share_prompt=false",
+            ],
+            "safetune_flatpack": ["trainer.share_prompt=false"],
             "safetune_grouped": ["+trainer.train_sampling_strategy=group_by_length"],
             "safetune_packed": ["trainer.pack_sequences=true"],
             "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],

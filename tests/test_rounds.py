@@ -31,6 +31,8 @@ def test_two_rounds_synthesise_with_the_previous_checkpoint_and_compare(tmp_path
         "synth.generation.max_new_tokens=16",
         "synth.style_refusal_tokens=8",
         "trainer.max_steps=2",
+        # the separate reference pass (not the in-step one a 2-step run would choose) so the per-row cache is exercised
+        "trainer.share_frozen_trunk=false",
         "trainer.per_device_train_batch_size=2",
         "trainer.report_to=[]",
         "template.preflight.sample=8",

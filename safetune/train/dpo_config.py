@@ -41,6 +41,9 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "cheaper than padding), with "
     "block-diagonal attention and per-sequence positions, so no forward pass pays for padding (TRL 1.16 disables its "
     "own padding_free for DPO). Same log-probs as the padded pass within float tolerance.",
+    "share_prompt": "With pack_sequences: lay each preference pair out as its prompt once followed by the chosen and "
+    "the rejected answer, each attending to the prompt and itself only (a 4-D attention mask), so the prompt is "
+    "computed once instead of twice; used when cheaper than flat packing. Same log-probs as the padded pass.",
     "share_frozen_trunk": "With LoRA on the top layers only (peft.top_layers), compute the reference log-probs inside "
     "each step and start the policy forward from the reference's hidden state at the first adapted layer, instead of a "
     "separate reference pass plus a full policy forward (train/trunk.py). Chosen per run when it needs fewer layer "
@@ -57,7 +60,7 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     n = out.get("max_completion_length")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"trainer.max_completion_length must be a positive integer or null; got {n!r}.")
-    for name in ("pack_sequences", "share_frozen_trunk"):
+    for name in ("pack_sequences", "share_prompt", "share_frozen_trunk"):
         flag = out.get(name)
         if flag is not None and not isinstance(flag, bool):
             raise ConfigError(f"trainer.{name} must be true or false; got {flag!r}.")

@@ -157,6 +157,13 @@ def unpack_per_token(
     return out.index_put((out_dst,), flat).view(batch, padded_width - 1)
 
 
+def _tree_mask_kind(model: Any) -> str | None:
+    """The 4-D mask the model's attention takes: boolean (sdpa), additive (eager); None for kernels without one."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    return {"sdpa": "bool", "eager": "additive"}.get(impl)
+
+
 class PackingUnsupported(ConfigError):
     """The model's attention ignores packed ``position_ids``: sequences packed in one row would see each other."""
 
@@ -171,14 +178,23 @@ class PackedForward:
     sequences that attend to each other.
     """
 
-    def __init__(self, model: Any, pad_token_id: int, capacity: int | None = None, verify: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        pad_token_id: int,
+        capacity: int | None = None,
+        verify: bool = False,
+        share_prompt: bool = False,
+    ):
         self.model = model
+        self.share_prompt = share_prompt and _tree_mask_kind(model) is not None
         self.pad_token_id = pad_token_id
         self.capacity = capacity
         self.verify = verify
         self.last_plan: PackPlan | None = None
         self.verified_max_diff: float | None = None
         self.padded_calls = 0
+        self.tree_calls = 0
         config = getattr(model, "config", None)
         hidden = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "hidden_size", 0)
         self.attention_width = 3.0 * (hidden or 1024)
@@ -192,11 +208,19 @@ class PackedForward:
         batch, width = input_ids.shape
         lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
         plan = best_plan(lengths, width, self.capacity, self.attention_width)
-        self.last_plan = plan
-        if plan is None:  # padding is as cheap: run the batch as TRL built it
+        trees = self._tree_plan(input_ids, attention_mask, labels, plan)
+        self.last_plan = trees.rows if trees is not None else plan
+        if trees is not None:
+            packed, maps = pack_trees(
+                input_ids, attention_mask, labels, self.pad_token_id, trees, _tree_mask_kind(self.model) or "bool"
+            )
+            plan = trees.rows
+            self.tree_calls += 1
+        elif plan is None:  # padding is as cheap: run the batch as TRL built it
             self.padded_calls += 1
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-        packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
+        else:
+            packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
         if self.verify and plan.rows < batch:
             self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
         outputs = self.model(**packed, **kwargs)
@@ -207,6 +231,21 @@ class PackedForward:
             for name in PER_TOKEN_FIELDS
         }
         return SimpleNamespace(**fields, aux_loss=getattr(outputs, "aux_loss", None), loss=outputs.loss)
+
+    def _tree_plan(self, input_ids, attention_mask, labels, flat: PackPlan | None) -> TreePlan | None:
+        """Pairs laid out with their prompt once, when that is cheaper than the flat packing or the padded batch."""
+        if not self.share_prompt or input_ids.size(0) % 2:
+            return None
+        trees = plan_trees(input_ids, attention_mask, labels, self.capacity)
+        if not any(trees.shared):
+            return None
+        cost = packing_cost(trees.rows.rows, trees.rows.width, self.attention_width)
+        rival = (
+            packing_cost(input_ids.size(0), int(attention_mask.sum(dim=1).max()), self.attention_width)
+            if flat is None
+            else packing_cost(flat.rows, flat.width, self.attention_width)
+        )
+        return trees if cost < rival else None
 
     def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> None:
         """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`."""
@@ -227,5 +266,131 @@ class PackedForward:
             raise PackingUnsupported(
                 f"trainer.pack_sequences=true: this model's log-probs change when sequences share a row (mean "
                 f"{mean:.3g} nats/token, worst {worst:.3g}; expected <= {tol}), so its attention does not honour "
-                "packed position_ids and sequences would attend to each other. Set trainer.pack_sequences=false."
+                "packed position_ids (or a shared-prompt mask) and sequences would attend to each other. Set "
+                "trainer.share_prompt=false, or trainer.pack_sequences=false."
             )
+
+
+# ---------------------------------------------------------------- shared prompts (trainer.share_prompt)
+
+
+@dataclass
+class TreePlan:
+    """Each preference pair as one "tree": the prompt once, then the chosen and the rejected branch (see pack_trees)."""
+
+    shared: list[int]  # tokens of the pair's prompt laid down once (prompt length - 1; 0 = nothing shared)
+    chosen: list[int]  # real tokens of each chosen sequence
+    rejected: list[int]  # real tokens of each rejected sequence
+    rows: PackPlan  # trees packed into rows (first-fit decreasing)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [c + r - s for s, c, r in zip(self.shared, self.chosen, self.rejected, strict=True)]
+
+
+def shared_prompt_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> list[int]:
+    """Per pair of TRL's ``[chosen; rejected]`` batch: how many leading tokens both sequences can share.
+
+    The prompt is the tokens before the first scored (label != -100) position; it is shared when both sequences
+    have the same prompt length and tokens. Its last token stays in each branch, because its output predicts the
+    branch's first answer token, which differs between the two. 0 when the pair does not share a prompt.
+    """
+    half = input_ids.size(0) // 2
+    scored = labels != -100
+    first = torch.where(scored.any(dim=1), scored.float().argmax(dim=1), attention_mask.sum(dim=1)).tolist()
+    out = []
+    for i in range(half):
+        p, q = int(first[i]), int(first[i + half])
+        same = p == q and p > 0 and bool(torch.equal(input_ids[i, :p], input_ids[i + half, :p]))
+        out.append(p - 1 if same else 0)
+    return out
+
+
+def plan_trees(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, capacity: int | None
+) -> TreePlan:
+    lengths = [int(n) for n in attention_mask.sum(dim=1).tolist()]
+    half = len(lengths) // 2
+    shared = shared_prompt_lengths(input_ids, attention_mask, labels)
+    chosen, rejected = lengths[:half], lengths[half:]
+    trees = [c + r - s for s, c, r in zip(shared, chosen, rejected, strict=True)]
+    rows = plan_packing(trees, max(max(trees, default=0), capacity or 0))
+    return TreePlan(shared=shared, chosen=chosen, rejected=rejected, rows=rows)
+
+
+def pack_trees(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    pad_token_id: int,
+    plan: TreePlan,
+    mask_kind: str = "bool",
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Lay each pair out as ``prompt[:-1] | prompt[-1] + chosen | prompt[-1] + rejected`` with a 4-D attention mask.
+
+    Both branches sit at the positions they have in their own sequence and attend to the shared prompt and to
+    themselves only (never to each other, never to another pair), so every scored log-prob equals the padded
+    pass's; the prompt is computed once instead of twice. Returns the model inputs and index maps in the layout of
+    :func:`_index_maps` (padded token -> packed token, padded output -> packed output).
+    """
+    device = input_ids.device
+    half, width = input_ids.size(0) // 2, input_ids.size(1)
+    rows, cols = plan.rows.rows, plan.rows.width
+    size = rows * cols
+    tok_src: list[int] = []
+    tok_dst: list[int] = []
+    out_src: list[int] = []
+    out_dst: list[int] = []
+    pos = torch.zeros(size, dtype=torch.long)
+    tree = -1 - torch.arange(size)  # padding columns: a group of their own (they attend to themselves only)
+    branch = torch.zeros(size, dtype=torch.long)
+    for i in range(half):
+        s, nc, nr = plan.shared[i], plan.chosen[i], plan.rejected[i]
+        r, off = plan.rows.row[i], plan.rows.offset[i]
+        base = r * cols + off
+        tree[base : base + nc + nr - s] = i
+        # chosen sequence, tokens 0..nc-1 -> columns off..off+nc-1 (the first s of them are the shared prompt)
+        tok_src.extend(range(i * width, i * width + nc))
+        tok_dst.extend(range(base, base + nc))
+        pos[base : base + nc] = torch.arange(nc)
+        branch[base + s : base + nc] = 1
+        # rejected sequence, tokens s..nr-1 -> columns off+nc.. (it reads the shared prompt of the chosen one)
+        j = i + half
+        tok_src.extend(range(j * width + s, j * width + nr))
+        tok_dst.extend(range(base + nc, base + nc + nr - s))
+        pos[base + nc : base + nc + nr - s] = torch.arange(s, nr)
+        branch[base + nc : base + nc + nr - s] = 2
+        # the output at token t predicts token t + 1; before s it only predicts prompt tokens (never scored)
+        out_src.extend(r * (cols - 1) + off + t for t in range(s, nc - 1))
+        out_dst.extend(i * (width - 1) + t for t in range(s, nc - 1))
+        out_src.extend(r * (cols - 1) + off + nc + t - s for t in range(s, nr - 1))
+        out_dst.extend(j * (width - 1) + t for t in range(s, nr - 1))
+
+    def t(x: list[int]) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    maps = (t(tok_src), t(tok_dst), t(out_src), t(out_dst))
+    ids = input_ids.new_full((size,), pad_token_id).index_copy(0, maps[1], input_ids.reshape(-1)[maps[0]])
+    packed_labels = labels.new_full((size,), -100).index_copy(0, maps[1], labels.reshape(-1)[maps[0]])
+    for i in range(half):  # a sequence's first token is never predicted (matters when nothing is shared)
+        base = plan.rows.row[i] * cols + plan.rows.offset[i]
+        packed_labels[base] = -100
+        packed_labels[base + plan.chosen[i]] = -100
+    tree, branch, pos = tree.view(rows, cols), branch.view(rows, cols), pos.view(rows, cols)
+    causal = torch.ones(cols, cols, dtype=torch.bool).tril()
+    same_tree = tree.unsqueeze(2) == tree.unsqueeze(1)
+    visible = (branch.unsqueeze(1) == 0) | (branch.unsqueeze(2) == branch.unsqueeze(1))  # key shared or same branch
+    allowed = (same_tree & visible & causal).unsqueeze(1).to(device)  # (rows, 1, query, key)
+    if mask_kind == "bool":
+        mask = allowed
+    else:  # additive (eager attention)
+        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(
+            ~allowed, torch.finfo(torch.float32).min
+        )
+    inputs = {
+        "input_ids": ids.view(rows, cols),
+        "position_ids": pos.to(device),
+        "attention_mask": mask,
+        "labels": packed_labels.view(rows, cols),
+    }
+    return inputs, maps

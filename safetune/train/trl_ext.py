@@ -131,11 +131,13 @@ def make_trainer_class():
             max_completion_length: int | None = None,
             pack_sequences: bool | None = None,
             share_frozen_trunk: bool | None = None,
+            share_prompt: bool | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
             self._safetune_max_completion = max_completion_length
             self._safetune_pack = bool(pack_sequences)
+            self._safetune_share_prompt = bool(share_prompt)
             self._safetune_pack_verified = False
             self._safetune_ref_cache = ref_cache
             self._safetune_share_trunk = bool(share_frozen_trunk)
@@ -270,7 +272,13 @@ def make_trainer_class():
 
             pad = getattr(getattr(self, "_tokenizer", None), "pad_token_id", None) or 0
             # the first batch that really packs is checked against the padded pass, once
-            return PackedForward(model, pad, capacity=self.args.max_length, verify=not self._safetune_pack_verified)
+            return PackedForward(
+                model,
+                pad,
+                capacity=self.args.max_length,
+                verify=not self._safetune_pack_verified,
+                share_prompt=self._safetune_share_prompt,
+            )
 
         def _note_verified(self, model) -> None:
             if getattr(model, "verified_max_diff", None) is not None:
