@@ -8,8 +8,10 @@ the one that moved when the installed TRL differs:
 - ``DPOTrainer._prepare_dataset``: keep the first ``trainer.max_completion_length`` response tokens (TRL 1.x
   dropped the option) and add the ``length`` column transformers' length-grouped sampler reads;
 - ``DPOTrainer._set_signature_columns_if_needed``: keep that column past ``remove_unused_columns``;
-- ``DPOTrainer._precompute_ref_logps``: the shared on-disk reference cache and a length-sorted reference pass;
-- ``DPOTrainer.compute_ref_log_probs`` / ``_compute_loss``: completion-only LM-head scoring on CPU, and the
+- ``DPOTrainer._precompute_ref_logps``: the shared on-disk reference cache and a length-sorted reference pass, or
+  no separate pass when the reference is computed in-step on a shared frozen trunk (``train/trunk.py``);
+- ``DPOTrainer.compute_ref_log_probs`` / ``_compute_loss``: completion-only LM-head scoring on CPU, packed and
+  shared-prompt batches (``train/packing.py``), the in-step reference whose trunk the policy reuses, and the
   step-0 sanity check (which reads the rewards TRL logs in ``self._metrics``);
 - ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only.
 """
