@@ -36,7 +36,7 @@ Timed: from ``DPOTrainer.__init__`` (where TRL 1.x tokenises and runs the refere
 ``train()``, with an empty reference cache per variant, so precomputed reference log-probs are paid for.
 Tokens: non-padding tokens of prompt+chosen and prompt+rejected of the rows trained on (truncated at
 ``max_length``), the same count for every variant. MFU: useful model FLOPs (see ``flops_per_token``; the LM head
-counts at completion positions only) x tokens/s against a ``torch.matmul`` GFLOP/s of the row's precision (fp32,
+counts at completion positions only, each pair's prompt once, a frozen trunk once) x tokens/s against a ``torch.matmul`` GFLOP/s of the row's precision (fp32,
 or bf16 for the ``*_bf16`` rows) measured in the same run.
 
     PYTHONPATH=$PWD python benchmarks/bench_train.py                    # SmolLM2-135M, 4 steps x batch 4
@@ -223,9 +223,12 @@ def flops_per_token(model: Any, adapted_layers: list[int] | None, reference_forw
 # ---------------------------------------------------------------- one variant (runs in a subprocess)
 
 
-def count_tokens(tok: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[int, int]:
-    """(non-padding tokens, completion tokens) of prompt+chosen and prompt+rejected, truncated at ``max_length``."""
-    total = completion = 0
+def count_tokens(tok: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[int, int, int]:
+    """(non-padding tokens, completion tokens, prompt tokens counted twice) of prompt+chosen and prompt+rejected,
+    truncated at ``max_length``. The last: a pair's chosen and rejected sequences share their prompt, whose hidden
+    states are the same in both, so computing it once is enough (``trainer.share_prompt``); useful FLOPs count it once.
+    """
+    total = completion = repeated = 0
     for r in rows:
         p = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
         for side in ("chosen", "rejected"):
@@ -233,7 +236,8 @@ def count_tokens(tok: Any, rows: list[dict[str, Any]], max_length: int) -> tuple
             n = min(len(p) + len(c), max_length)
             total += n
             completion += max(0, n - len(p))
-    return total, completion
+        repeated += min(len(p), max_length)
+    return total, completion, repeated
 
 
 def _timed_train(trainer_cls: Any, box: dict[str, Any]) -> None:
@@ -352,7 +356,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     n_layers = mdl_cfg.config.num_hidden_layers
     adapted = list(range(n_layers - int(top), n_layers)) if top else None
     fl = flops_per_token(mdl_cfg, adapted)
-    tokens, completion_tokens = count_tokens(tok, used, a.max_length)
+    tokens, completion_tokens, repeated_prompt = count_tokens(tok, used, a.max_length)
     return {
         "variant": name,
         "gradient_checkpointing": gc,
@@ -364,10 +368,13 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
         "final_loss": box["loss"],
         "tokens": tokens,
         "completion_tokens": completion_tokens,
+        # useful FLOPs per (conventional) token: each pair's prompt through the body once, LM head at completions
         "flops_per_token": (
-            tokens * fl["body_flops_per_token"] + completion_tokens * fl["head_flops_per_completion_token"]
+            (tokens - repeated_prompt) * fl["body_flops_per_token"]
+            + completion_tokens * fl["head_flops_per_completion_token"]
         )
         / tokens,
+        "repeated_prompt_tokens": repeated_prompt,
         "peak_rss_mb": peak_rss_mb,
         **fl,
     }
