@@ -41,7 +41,7 @@ def _dataset(n: int):
     )
 
 
-def _trainer(model_dir, tmp_path, n: int, *, safetune: bool = True, **trainer_cfg):
+def _trainer(model_dir, tmp_path, n: int, *, safetune: bool = True, peft_config=None, ref_cache=None, **trainer_cfg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
@@ -61,7 +61,15 @@ def _trainer(model_dir, tmp_path, n: int, *, safetune: bool = True, **trainer_cf
     if not safetune:
         return DPOTrainer(model=model, args=args, train_dataset=_dataset(n), processing_class=tok)
     own = safetune_trainer_options(cfg)  # e.g. pack_sequences (tests/test_train_packing.py)
-    return make_trainer_class()(model=model, args=args, train_dataset=_dataset(n), processing_class=tok, **own)
+    return make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=_dataset(n),
+        processing_class=tok,
+        peft_config=peft_config,
+        ref_cache=ref_cache,
+        **own,
+    )
 
 
 def test_length_sorted_reference_pass_returns_trls_log_probs_in_dataset_order(tiny_model, tmp_path):

@@ -6,13 +6,12 @@ import logging
 
 import pytest
 import torch
-from test_train_padding import _dataset
+from test_train_padding import _trainer as _padding_trainer
 from train_tiny import make_tiny_model
 
 from safetune.core.config import ConfigError
 from safetune.train import trunk as trunk_mod
-from safetune.train.dpo_config import build_dpo_config, safetune_trainer_options
-from safetune.train.trl_ext import make_trainer_class
+from safetune.train.dpo_config import safetune_trainer_options
 from safetune.train.trunk import SharedTrunk, frozen_depth, in_step_is_cheaper
 
 
@@ -111,32 +110,10 @@ def test_in_step_is_chosen_only_when_it_needs_fewer_layer_forwards():
 
 
 def _trainer(model_dir, tmp_path, name, **opts):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = {
-        "per_device_train_batch_size": 4,
-        "precompute_ref_log_probs": True,
-        "precompute_ref_batch_size": 4,
-        "max_length": 128,
-        "report_to": [],
-        "bf16": False,
-        "max_steps": 2,
-        "learning_rate": 1e-2,
-        "seed": 0,
-        "loss_type": ["sigmoid", "sft"],
-        **opts,
-    }
-    args = build_dpo_config(cfg, str(tmp_path / name))
-    return make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=_dataset(8),
-        processing_class=tok,
-        peft_config=_lora([2, 3]),
-        **safetune_trainer_options(cfg),
-    )
+    """Two LoRA steps on the 4-layer model with adapters on layers 2-3 (a frozen trunk of depth 2)."""
+    cfg = {"per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "seed": 0}
+    cfg["loss_type"] = ["sigmoid", "sft"]
+    return _padding_trainer(model_dir, tmp_path / name, 8, peft_config=_lora([2, 3]), **{**cfg, **opts})
 
 
 def _losses(trainer):
@@ -196,26 +173,7 @@ def test_a_warm_reference_cache_keeps_the_separate_pass(tiny4, tmp_path):
     rows = first.train_dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps"])
     cache.attach(rows, "train", lambda _: first.train_dataset, first.accelerator)
     assert cache.stored_fraction(first.train_dataset) == 1.0
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cfg = {
-        "per_device_train_batch_size": 4,
-        "precompute_ref_log_probs": True,
-        "max_length": 128,
-        "report_to": [],
-        "bf16": False,
-        "max_steps": 2,
-        "share_frozen_trunk": True,
-    }
-    warm = make_trainer_class()(
-        model=AutoModelForCausalLM.from_pretrained(tiny4, dtype=torch.float32),
-        args=build_dpo_config(cfg, str(tmp_path / "warm")),
-        train_dataset=_dataset(8),
-        processing_class=AutoTokenizer.from_pretrained(tiny4),
-        peft_config=_lora([2, 3]),
-        ref_cache=cache,
-        **safetune_trainer_options(cfg),
-    )
+    warm = _trainer(tiny4, tmp_path, "warm", share_frozen_trunk=True, ref_cache=cache)
     assert warm._safetune_trunk is None and "ref_chosen_logps" in warm.train_dataset.column_names
     assert cache.hits == ["train"]
 
