@@ -226,8 +226,8 @@ def test_shared_prefix_generation_gives_the_plain_batchs_answers(tmp_path):
     calls.clear()
     shared = generate_texts(model, tok, texts, max_new_tokens=12, batch_size=8, share_prefix=True)
     assert shared == plain
-    # one forward over the prefix, then a prefill over the rest only
-    assert calls[0] >= MIN_SHARED_PREFIX and calls[1] == prefill_plain - calls[0]
+    # one forward over the prefix, one over the rest but each row's last token, then generate from that last token
+    assert calls[0] >= MIN_SHARED_PREFIX and calls[1] == prefill_plain - calls[0] - 1 and calls[2] == 1
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,12 @@ from safetune.core.config import ConfigError
 from safetune.core.errors import EnvironmentProblem, InputError
 from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model
 from safetune.core.schema import EvalPrompt, Generation, content_hash
+from safetune.eval.prefill import (  # noqa: F401  (re-exported: the names tests and callers know)
+    CHUNK_TOKENS,
+    MIN_SHARED_PREFIX,
+    common_prefix_length,
+    prefill_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,14 @@ class GenerationSettings:
             "help": "Run the token prefix every prompt of a batch shares (the chat template's system turn) once and "
             "reuse its KV cache for the whole batch; same answers as without it, less prefill work (does not change "
             "outputs' cache key)."
+        },
+    )
+    chunked_prefill: bool = field(
+        default=True,
+        metadata={
+            "help": "Prefill each batch in chunks of rows of similar length (padded only to the chunk's longest) into "
+            "one KV cache laid out as the plain left-padded batch's, with room for the answer so decoding writes in "
+            "place (safetune.eval.prefill); same answers, less work (does not change outputs' cache key)."
         },
     )
     do_sample: bool = field(default=False, metadata={"help": "Greedy when False."})
@@ -102,6 +117,7 @@ class GenerationSettings:
             "seed",
             "precision",
             "share_prefix",
+            "chunked_prefill",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -109,6 +125,7 @@ class GenerationSettings:
         d = asdict(self)
         d.pop("batch_size")
         d.pop("share_prefix")
+        d.pop("chunked_prefill")
         if not d["prefill"]:
             d.pop("prefill")  # keys of answers without a prefill stay what they were
         if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
@@ -208,12 +225,15 @@ def generate_texts(
     desc: str = "generate",
     strip: bool = True,
     share_prefix: bool = False,
+    chunked_prefill: bool = False,
 ) -> list[str]:
     """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
 
     ``precision``: ``model`` (the weights' dtype), ``bf16`` (bfloat16 autocast) or ``auto`` (see resolve_precision).
     ``on_batch(indices, answers)`` runs after each batch (the cache writes there, so a kill loses one batch at most).
-    ``share_prefix``: see :func:`shared_prefix_inputs`.
+    ``share_prefix`` (run the batch's common token prefix once) and ``chunked_prefill`` (prefill rows of similar
+    length together, decode into a cache with room): see :mod:`safetune.eval.prefill`; both give the plain batch's
+    answers. With neither, each batch is a plain left-padded ``generate`` call.
     """
     decided = decide_for_model(precision, model)
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
@@ -228,10 +248,18 @@ def generate_texts(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = None
-            if share_prefix and len(idx) > 1:
+            if share_prefix or chunked_prefill:
                 ids = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
                 with torch.inference_mode(), autocast:
-                    enc = shared_prefix_inputs(model, ids, tokenizer.pad_token_id, device)
+                    enc = prefill_inputs(
+                        model,
+                        ids,
+                        tokenizer.pad_token_id,
+                        device,
+                        share_prefix=share_prefix,
+                        room=max_new_tokens,
+                        chunk_tokens=CHUNK_TOKENS if chunked_prefill else sys.maxsize,
+                    )
             if enc is None:
                 enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = {k: v.to(device) for k, v in enc.items()}
@@ -258,59 +286,6 @@ def generate_texts(
         tokenizer.padding_side = pad_side
         bar.close()
     return answers
-
-
-MIN_SHARED_PREFIX = 8  # tokens; below this the extra forward call costs more than it saves
-
-
-def common_prefix_length(ids: list[list[int]]) -> int:
-    """Tokens every sequence starts with, leaving at least one token of each to feed ``generate``."""
-    n = min(len(x) for x in ids) - 1
-    first = ids[0]
-    for k in range(max(n, 0)):
-        if any(x[k] != first[k] for x in ids):
-            return k
-    return max(n, 0)
-
-
-def shared_prefix_inputs(model: Any, ids: list[list[int]], pad_token_id: int, device: Any) -> dict[str, Any] | None:
-    """``generate`` inputs that reuse one forward pass over the batch's common token prefix, or None.
-
-    The prefix (the chat template's system turn and the user-turn opener: 24 of SmolLM2's tokens) is run once and
-    its KV cache repeated over the batch; each prompt's remainder is padded *between* the prefix and itself, with
-    those positions masked. transformers derives positions from the attention mask, so every real token keeps the
-    position (and attends to exactly the tokens) it has in the plain left-padded batch: the same answers, less
-    prefill work (tested: identical greedy answers on the tiny and the embedded model).
-    """
-    p = common_prefix_length(ids)
-    if p < MIN_SHARED_PREFIX:
-        return None
-    prefix = torch.tensor([ids[0][:p]], device=device)
-    out = model(input_ids=prefix, use_cache=True)
-    name = _cache_kwarg()
-    cache = out.get(name) if name in out else out.get("past_key_values")
-    if not hasattr(cache, "batch_repeat_interleave"):
-        return None
-    cache.batch_repeat_interleave(len(ids))
-    width = max(len(x) for x in ids) - p
-    rows, masks = [], []
-    for x in ids:
-        rest = x[p:]
-        pad = width - len(rest)
-        rows.append(x[:p] + [pad_token_id] * pad + rest)
-        masks.append([1] * p + [0] * pad + [1] * len(rest))
-    return {
-        "input_ids": torch.tensor(rows, device=device),
-        "attention_mask": torch.tensor(masks, device=device),
-        name: cache,
-    }
-
-
-def _cache_kwarg() -> str:
-    """transformers >= 5.2x names the KV cache ``cache`` (``past_key_values`` is deprecated); older ones the latter."""
-    from transformers.generation import utils as generation_utils
-
-    return "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 def use_vllm(settings: GenerationSettings) -> bool:
