@@ -173,7 +173,7 @@ def prefill_inputs(
             kb[:, :, :p] = k
             vb[:, :, :p] = v
     for r0, r1 in _chunks([len(r) for r in rests], chunk_tokens):
-        w = max(len(r) for r in rests[r0:r1])  # rows are longest first, so rests[r0] is the chunk's longest
+        w = max(len(r) for r in rests[r0:r1])  # the chunk pads to its own longest row only
         if w < 2:
             continue  # only the last token, which generate runs
         rows, masks = [], []
