@@ -28,7 +28,12 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           to end in rows of ``max_length`` with block-diagonal attention (no padding; same data
                           order and the same loss within fp32 tolerance).
 * ``trl_plain_bf16``    — the plain TRL script with ``bf16=True`` (CPU autocast).
-* ``safetune_bf16``     — safetune's defaults with bf16 autocast (its default on CPUs with native bf16).
+* ``safetune_bf16``     — safetune's defaults with bf16 autocast (its default on CPUs with native bf16), the frozen
+                          base weights held in bf16 for the run (``trainer.cast_frozen_weights``, default).
+* ``safetune_autocast_bf16`` — the same with ``trainer.cast_frozen_weights=false``: autocast re-casts every frozen
+                          fp32 weight at each op (what that lever saves).
+* ``safetune_as_trl_bf16`` — ``safetune_as_trl`` in bf16 (TRL's settings, safetune's speed paths): the same
+                          arithmetic as ``trl_plain_bf16``.
 
 Every variant except the two ``*_bf16`` rows computes in fp32, so they do the same arithmetic.
 
@@ -74,6 +79,8 @@ VARIANTS = [
     "safetune_compiled",
     "trl_plain_bf16",
     "safetune_bf16",
+    "safetune_autocast_bf16",
+    "safetune_as_trl_bf16",
 ]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -345,6 +352,12 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_packed": ["trainer.pack_sequences=true"],
             "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],
             "safetune_bf16": ["trainer.bf16=null"],
+            "safetune_autocast_bf16": ["trainer.bf16=null", "trainer.cast_frozen_weights=false"],
+            "safetune_as_trl_bf16": [
+                "trainer.bf16=null",
+                "trainer.gradient_checkpointing=true",
+                "trainer.precompute_ref_log_probs=false",
+            ],
         }[name]
         cfg = compose_train(train_overrides(a, model, data_file, str(work / name)) + extra)
         run_train(cfg)

@@ -10,6 +10,7 @@ at different precisions never mix.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,3 +129,45 @@ def training_flags(bf16: bool | None, fp16: bool | None) -> dict[str, bool]:
 def training_label(bf16: bool, fp16: bool) -> str:
     """The label the reference cache keys on: 'bf16', 'fp16' or 'fp32'."""
     return "bf16" if bf16 else "fp16" if fp16 else "fp32"
+
+
+def _castable(module: Any, dtype: torch.dtype, frozen_only: bool) -> bool:
+    w = getattr(module, "weight", None)
+    if not isinstance(module, torch.nn.Linear) or not isinstance(w, torch.Tensor):
+        return False
+    if not w.dtype.is_floating_point or w.dtype == dtype or w.dtype.itemsize <= dtype.itemsize:
+        return False  # quantised, already 16-bit or narrower
+    return not (frozen_only and w.requires_grad)
+
+
+@contextlib.contextmanager
+def weights_in(model: Any, precision: Precision, *, frozen_only: bool = True) -> Iterator[int]:
+    """Hold ``model``'s ``nn.Linear`` weights (and biases) in the autocast dtype while the block runs.
+
+    Autocast casts an fp32 weight to bf16 on every ``linear`` call and caches the cast only for weights that need
+    a gradient, so frozen weights — a LoRA run's whole base model, every weight during generation — are re-cast
+    at each op (on CPU, at batch 1-128 a decoding step spends as long casting as multiplying). Autocast rounds
+    the weight to the same bf16 values it would have cast, so the results are those of plain autocast, bit for bit;
+    norms, embeddings and the residual stream keep their dtype (only ``nn.Linear`` is touched). A tied LM head
+    gets its own 16-bit copy and the embedding keeps its fp32 weight; on exit the original parameters are put
+    back (ties restored), so optimizers, saving and merging see the fp32 weights. ``frozen_only``: leave weights
+    that need a gradient (trainable adapters) alone. No-op without an autocast dtype. Yields the number of
+    weights held in 16 bits.
+    """
+    dtype = precision.autocast
+    saved: list[tuple[Any, str, Any]] = []
+    if dtype is not None:
+        with torch.no_grad():
+            for module in model.modules():
+                if not _castable(module, dtype, frozen_only):
+                    continue
+                for name in ("weight", "bias"):
+                    p = getattr(module, name, None)
+                    if isinstance(p, torch.Tensor) and p.dtype.is_floating_point:
+                        saved.append((module, name, p))
+                        setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    try:
+        yield sum(1 for _, name, _ in saved if name == "weight")
+    finally:
+        for module, name, p in reversed(saved):
+            setattr(module, name, p)

@@ -11,6 +11,7 @@ same rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from safetune.core.checks import AT_LEAST_ONE, POSITIVE, Range, check_fields
 from safetune.core.config import ConfigError
 from safetune.core.errors import EnvironmentProblem, InputError
-from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model
+from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model, weights_in
 from safetune.core.schema import EvalPrompt, Generation, content_hash
 from safetune.eval.prefill import (  # noqa: F401  (re-exported: the names tests and callers know)
     CHUNK_TOKENS,
@@ -68,6 +69,14 @@ class GenerationSettings:
             "help": "Prefill each batch in chunks of rows of similar length (padded only to the chunk's longest) into "
             "one KV cache laid out as the plain left-padded batch's, with room for the answer so decoding writes in "
             "place (safetune.eval.prefill); same answers, less work (does not change outputs' cache key)."
+        },
+    )
+    cast_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16/fp16 autocast, hold the linear layers' weights in that dtype while generating instead "
+            "of letting autocast re-cast them at every step (safetune.core.precision.weights_in); same answers, "
+            "less work (does not change outputs' cache key)."
         },
     )
     do_sample: bool = field(default=False, metadata={"help": "Greedy when False."})
@@ -118,6 +127,7 @@ class GenerationSettings:
             "precision",
             "share_prefix",
             "chunked_prefill",
+            "cast_weights",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -126,6 +136,7 @@ class GenerationSettings:
         d.pop("batch_size")
         d.pop("share_prefix")
         d.pop("chunked_prefill")
+        d.pop("cast_weights")
         if not d["prefill"]:
             d.pop("prefill")  # keys of answers without a prefill stay what they were
         if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
@@ -226,6 +237,7 @@ def generate_texts(
     strip: bool = True,
     share_prefix: bool = False,
     chunked_prefill: bool = False,
+    cast_weights: bool = False,
 ) -> list[str]:
     """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
 
@@ -233,7 +245,8 @@ def generate_texts(
     ``on_batch(indices, answers)`` runs after each batch (the cache writes there, so a kill loses one batch at most).
     ``share_prefix`` (run the batch's common token prefix once) and ``chunked_prefill`` (prefill rows of similar
     length together, decode into a cache with room): see :mod:`safetune.eval.prefill`; both give the plain batch's
-    answers. With neither, each batch is a plain left-padded ``generate`` call.
+    answers. With neither, each batch is a plain left-padded ``generate`` call. ``cast_weights``: under autocast,
+    hold the linear weights in its dtype for the call (:func:`safetune.core.precision.weights_in`; same answers).
     """
     decided = decide_for_model(precision, model)
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
@@ -244,44 +257,48 @@ def generate_texts(
     device = next(model.parameters()).device
     autocast = decided.context(device.type)
     bar = tqdm(total=len(texts), desc=desc, unit="ans", disable=not show_progress or not texts)
+    held = weights_in(model, decided, frozen_only=False) if cast_weights else contextlib.nullcontext()
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = None
-            if share_prefix or chunked_prefill:
-                ids = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
-                with torch.inference_mode(), autocast:
-                    enc = prefill_inputs(
-                        model,
-                        ids,
-                        tokenizer.pad_token_id,
-                        device,
-                        share_prefix=share_prefix,
-                        room=max_new_tokens,
-                        chunk_tokens=CHUNK_TOKENS if chunked_prefill else sys.maxsize,
+        with held:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = None
+                if share_prefix or chunked_prefill:
+                    ids = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
+                    with torch.inference_mode(), autocast:
+                        enc = prefill_inputs(
+                            model,
+                            ids,
+                            tokenizer.pad_token_id,
+                            device,
+                            share_prefix=share_prefix,
+                            room=max_new_tokens,
+                            chunk_tokens=CHUNK_TOKENS if chunked_prefill else sys.maxsize,
+                        )
+                if enc is None:
+                    enc = tokenizer(
+                        [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
                     )
-            if enc is None:
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(device) for k, v in enc.items()}
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "do_sample": do_sample,
-                "pad_token_id": tokenizer.pad_token_id,
-            }
-            if do_sample:
-                torch.manual_seed(seed + start)
-                kwargs.update(temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode(), autocast:
-                out = model.generate(**enc, **kwargs)
-            batch_answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            batch_answers = [a.strip() if strip else a.rstrip() for a in batch_answers]
-            for i, a in zip(idx, batch_answers):
-                answers[i] = a
-            if on_batch is not None:
-                on_batch(idx, batch_answers)
-            bar.update(len(idx))
+                    enc = {k: v.to(device) for k, v in enc.items()}
+                kwargs: dict[str, Any] = {
+                    "max_new_tokens": max_new_tokens,
+                    "do_sample": do_sample,
+                    "pad_token_id": tokenizer.pad_token_id,
+                }
+                if do_sample:
+                    torch.manual_seed(seed + start)
+                    kwargs.update(temperature=temperature, top_p=top_p)
+                else:
+                    kwargs.update(temperature=None, top_p=None, top_k=None)
+                with torch.inference_mode(), autocast:
+                    out = model.generate(**enc, **kwargs)
+                batch_answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                batch_answers = [a.strip() if strip else a.rstrip() for a in batch_answers]
+                for i, a in zip(idx, batch_answers):
+                    answers[i] = a
+                if on_batch is not None:
+                    on_batch(idx, batch_answers)
+                bar.update(len(idx))
     finally:
         tokenizer.padding_side = pad_side
         bar.close()

@@ -48,6 +48,9 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "each step and start the policy forward from the reference's hidden state at the first adapted layer, instead of a "
     "separate reference pass plus a full policy forward (train/trunk.py). Chosen per run when it needs fewer layer "
     "forwards than the separate pass (few epochs, reference cache cold); same log-probs (verified on the first step).",
+    "cast_frozen_weights": "Under bf16/fp16 autocast, hold the frozen linear weights (a LoRA run's whole base model) in "
+    "that dtype for the reference pass and training, instead of autocast re-casting them at every op; adapters and "
+    "optimizer state stay fp32. Same log-probs and losses as plain autocast (core/precision.py: weights_in).",
 }
 
 
@@ -60,7 +63,7 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     n = out.get("max_completion_length")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"trainer.max_completion_length must be a positive integer or null; got {n!r}.")
-    for name in ("pack_sequences", "share_prompt", "share_frozen_trunk"):
+    for name in ("pack_sequences", "share_prompt", "share_frozen_trunk", "cast_frozen_weights"):
         flag = out.get(name)
         if flag is not None and not isinstance(flag, bool):
             raise ConfigError(f"trainer.{name} must be true or false; got {flag!r}.")

@@ -13,6 +13,8 @@ the one that moved when the installed TRL differs:
 - ``DPOTrainer.compute_ref_log_probs`` / ``_compute_loss``: completion-only LM-head scoring on CPU, packed and
   shared-prompt batches (``train/packing.py``), the in-step reference whose trunk the policy reuses, and the
   step-0 sanity check (which reads the rewards TRL logs in ``self._metrics``);
+- ``Trainer.train`` / ``evaluate`` and the reference pass: under bf16/fp16 autocast, the frozen linear weights are
+  held in that dtype for the call (``trainer.cast_frozen_weights``; :func:`safetune.core.precision.weights_in`);
 - ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from safetune.core.errors import EnvironmentProblem
+from safetune.core.precision import Precision, training_label, weights_in
 from safetune.train.dpo_config import SanityCheck
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,7 @@ def make_trainer_class():
             pack_sequences: bool | None = None,
             share_frozen_trunk: bool | None = None,
             share_prompt: bool | None = None,
+            cast_frozen_weights: bool | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
@@ -143,6 +147,7 @@ def make_trainer_class():
             self._safetune_pack_verified = False
             self._safetune_ref_cache = ref_cache
             self._safetune_share_trunk = bool(share_frozen_trunk)
+            self._safetune_cast_frozen = bool(cast_frozen_weights)
             self._safetune_trunk = None  # a SharedTrunk when the reference is computed in-step (train/trunk.py)
             self._safetune_sanity = sanity
             self._safetune_checked = False
@@ -169,7 +174,29 @@ def make_trainer_class():
             if self._signature_columns is not None and col not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, col]  # keep it past remove_unused_columns
 
+        def _frozen_weights_held(self):
+            """``trainer.cast_frozen_weights``: the frozen linear weights in the autocast dtype for the block
+            (core/precision.py: same numbers as plain autocast). Not with FSDP/DeepSpeed, which own the parameters."""
+            args = self.args
+            dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+            owned = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
+            if not self._safetune_cast_frozen or dtype is None or owned:
+                return contextlib.nullcontext()
+            return weights_in(self.model, Precision(dtype, training_label(args.bf16, args.fp16)))
+
+        def train(self, *args: Any, **kwargs: Any):
+            with self._frozen_weights_held():
+                return super().train(*args, **kwargs)
+
+        def evaluate(self, *args: Any, **kwargs: Any):
+            with self._frozen_weights_held():
+                return super().evaluate(*args, **kwargs)
+
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+            with self._frozen_weights_held():
+                return self._precompute_ref_logps_held(dataset, name, batch_size)
+
+        def _precompute_ref_logps_held(self, dataset, name: str, batch_size: int):
             cache = self._safetune_ref_cache
             if name == "train" and self._safetune_share_trunk and self._choose_shared_trunk(dataset, cache):
                 return dataset  # no ref columns: _compute_loss computes them in each step
