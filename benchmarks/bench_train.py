@@ -32,6 +32,8 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           base weights held in bf16 for the run (``trainer.cast_frozen_weights``, default).
 * ``safetune_autocast_bf16`` — the same with ``trainer.cast_frozen_weights=false``: autocast re-casts every frozen
                           fp32 weight at each op (what that lever saves).
+* ``safetune_top10_bf16`` / ``safetune_top10_autocast_bf16`` — the demo's training (``peft.top_layers=10``) in bf16
+                          with and without ``trainer.cast_frozen_weights``.
 * ``safetune_as_trl_bf16`` — ``safetune_as_trl`` in bf16 (TRL's settings, safetune's speed paths): the same
                           arithmetic as ``trl_plain_bf16``.
 
@@ -81,6 +83,8 @@ VARIANTS = [
     "safetune_bf16",
     "safetune_autocast_bf16",
     "safetune_as_trl_bf16",
+    "safetune_top10_bf16",
+    "safetune_top10_autocast_bf16",
 ]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -353,6 +357,17 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],
             "safetune_bf16": ["trainer.bf16=null"],
             "safetune_autocast_bf16": ["trainer.bf16=null", "trainer.cast_frozen_weights=false"],
+            "safetune_top10_bf16": [
+                "trainer.bf16=null",
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+            ],
+            "safetune_top10_autocast_bf16": [
+                "trainer.bf16=null",
+                "trainer.cast_frozen_weights=false",
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+            ],
             "safetune_as_trl_bf16": [
                 "trainer.bf16=null",
                 "trainer.gradient_checkpointing=true",

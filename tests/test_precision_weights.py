@@ -119,12 +119,19 @@ def _lora_weights(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
 
 
-def test_bf16_training_with_held_frozen_weights_equals_plain_autocast(tiny4, tmp_path, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True])
+def test_bf16_training_with_held_frozen_weights_equals_plain_autocast(tiny4, tmp_path, monkeypatch, packed):
     from peft import LoraConfig
+
+    if packed:  # the tiny model's cost model prefers padding; pack every batch (its first-call check runs too)
+        from safetune.train import packing
+
+        monkeypatch.setattr(packing, "best_plan", lambda lengths, w, cap, aw: packing.plan_packing(lengths, cap))
 
     monkeypatch.setattr(precision_mod, "cpu_bf16_supported", lambda: True)  # emulated where not native: same numbers
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     cfg = {"per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "seed": 0, "bf16": True}
+    cfg["pack_sequences"] = packed
     runs = {}
     for flag in (False, True):
         t = _padding_trainer(tiny4, tmp_path / str(flag), 8, peft_config=lora, cast_frozen_weights=flag, **cfg)

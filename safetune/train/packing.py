@@ -17,6 +17,7 @@ by a 4-D mask (:func:`pack_trees`), when that is cheaper still.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -175,7 +176,8 @@ class PackedForward:
 
     Passed to TRL's ``_compute_loss`` / ``compute_ref_log_probs`` in place of the model; only their
     ``model(input_ids=..., attention_mask=..., labels=..., fused_lm_head=True)`` call goes through it.
-    With ``verify=True`` the first packed call is also run padded (no gradients, autocast off) and the two must
+    With ``verify=True`` the first packed call is also run padded (no gradients, autocast off unless weights are
+    16-bit) and the two must
     agree, so a model whose attention does not honour packed positions fails loudly instead of training on
     sequences that attend to each other.
     """
@@ -254,7 +256,10 @@ class PackedForward:
         low_precision = any(
             p.dtype in (torch.float16, torch.bfloat16) or not p.is_floating_point() for p in self.model.parameters()
         )
-        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
+        # fp32 comparison where every weight is fp32; with 16-bit weights (held under autocast by
+        # trainer.cast_frozen_weights, or a 16-bit model) both passes run as training runs them
+        exact = torch.autocast(input_ids.device.type, enabled=False) if not low_precision else contextlib.nullcontext()
+        with torch.no_grad(), exact:
             ref = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).log_probs
             got = unpack_per_token(self.model(**packed, **kwargs).log_probs, plan, maps, batch, width)
         scored = labels[:, 1:] != -100
