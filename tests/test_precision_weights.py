@@ -138,9 +138,9 @@ def test_bf16_training_with_held_frozen_weights_equals_plain_autocast(tiny4, tmp
         seen = []
         original = t.compute_loss
 
-        def spy(*a, _orig=original, _t=t, **k):
+        def spy(*a, _orig=original, _t=t, _seen=seen, **k):
             layer = _t.model.get_base_model().model.layers[0].mlp.up_proj
-            seen.append(layer.weight.dtype)
+            _seen.append(layer.weight.dtype)
             return _orig(*a, **k)
 
         t.compute_loss = spy

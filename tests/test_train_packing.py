@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_train_padding import _trainer as _padding_trainer
@@ -201,3 +203,19 @@ def test_a_model_that_ignores_packed_positions_is_refused(fused_model, monkeypat
     leaky = PackedForward(fused_model, 0, verify=True)
     with pytest.raises(PackingUnsupported, match="trainer.pack_sequences=false"):
         leaky(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+
+
+def test_the_first_batch_check_runs_at_the_training_precision_under_bf16_autocast(fused_model):
+    """bf16 training (autocast; the shared trunk's bf16 hidden state, held 16-bit weights) is checked as it runs,
+    at the 16-bit tolerance, instead of failing on fp32-vs-bf16 rounding or mixing fp32 inputs with bf16 weights."""
+    from safetune.core.precision import Precision, weights_in
+
+    ids, mask, labels = _batch([16, 6, 5, 4], width=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for held in (False, True):
+            ctx = weights_in(fused_model, Precision(torch.bfloat16, "bf16"), frozen_only=False) if held else None
+            with ctx or contextlib.nullcontext():
+                ok = PackedForward(fused_model, 0, verify=True)
+                out = ok(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+            assert not ok.verify and ok.verified_max_diff is not None and ok.verified_max_diff < 0.05
+            assert out.log_probs.dtype == torch.float32 and torch.isfinite(out.log_probs).all()

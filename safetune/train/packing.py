@@ -176,8 +176,8 @@ class PackedForward:
 
     Passed to TRL's ``_compute_loss`` / ``compute_ref_log_probs`` in place of the model; only their
     ``model(input_ids=..., attention_mask=..., labels=..., fused_lm_head=True)`` call goes through it.
-    With ``verify=True`` the first packed call is also run padded (no gradients, autocast off unless weights are
-    16-bit) and the two must
+    With ``verify=True`` the first packed call is also run padded (no gradients; in fp32 unless training runs
+    under autocast or with 16-bit weights) and the two must
     agree, so a model whose attention does not honour packed positions fails loudly instead of training on
     sequences that attend to each other.
     """
@@ -253,12 +253,14 @@ class PackedForward:
     def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> None:
         """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`."""
         batch, width = input_ids.shape
-        low_precision = any(
+        device_type = input_ids.device.type
+        # Under autocast (bf16 training) the inputs may already carry its rounding (the shared trunk's kept hidden
+        # state), and held frozen weights are 16-bit: both passes then run as training runs them, to bf16 tolerance;
+        # otherwise the comparison is exact fp32.
+        low_precision = torch.is_autocast_enabled(device_type) or any(
             p.dtype in (torch.float16, torch.bfloat16) or not p.is_floating_point() for p in self.model.parameters()
         )
-        # fp32 comparison where every weight is fp32; with 16-bit weights (held under autocast by
-        # trainer.cast_frozen_weights, or a 16-bit model) both passes run as training runs them
-        exact = torch.autocast(input_ids.device.type, enabled=False) if not low_precision else contextlib.nullcontext()
+        exact = torch.autocast(device_type, enabled=False) if not low_precision else contextlib.nullcontext()
         with torch.no_grad(), exact:
             ref = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).log_probs
             got = unpack_per_token(self.model(**packed, **kwargs).log_probs, plan, maps, batch, width)
