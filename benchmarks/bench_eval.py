@@ -5,7 +5,8 @@ prompts (bundled harmful + benign suites). The eval stage batches length-sorted,
 prefix they share (the chat template's system turn) once per batch (``generation.share_prefix``; also timed
 without it, at fp32, to measure that lever alone). It runs at the weights' precision (``generation.precision=model``, fp32 here: same arithmetic as the loop, so the
 answers must match) and at the eval stage's default (``generation.precision=auto``: bf16 autocast on CPUs with
-native bf16). Both ratios are measured in one run against the same fp32 loop:
+native bf16), there also without ``generation.cast_weights`` (autocast re-casting every weight at each step).
+Both ratios are measured in one run against the same fp32 loop:
 
     PYTHONPATH=$PWD python benchmarks/bench_eval.py --prompts 64 --max-new-tokens 32 --batch-size 32
 
@@ -84,7 +85,9 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
 
     from safetune.eval.generate import resolve_precision
 
-    def eval_stage(precision: str, share_prefix: bool = True, chunked: bool = True) -> tuple[list[str], float]:
+    def eval_stage(
+        precision: str, share_prefix: bool = True, chunked: bool = True, cast: bool = True
+    ) -> tuple[list[str], float]:
         t0 = time.perf_counter()
         out = generate_texts(
             model,
@@ -95,6 +98,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
             precision=precision,
             share_prefix=share_prefix,
             chunked_prefill=chunked,
+            cast_weights=cast,
         )
         return out, time.perf_counter() - t0
 
@@ -104,6 +108,8 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     batched, t_batched = eval_stage("model")
     default_precision = resolve_precision("auto", model)
     fast, t_fast = eval_stage("auto") if default_precision != "model" else (batched, t_batched)
+    # generation.cast_weights on its own, at the default precision (a no-op without autocast)
+    uncast, t_uncast = eval_stage("auto", cast=False) if default_precision != "model" else (fast, t_fast)
 
     n_base = args.baseline_prompts or len(texts)
     t0 = time.perf_counter()
@@ -151,6 +157,10 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_default": round((len(texts) / t_fast) / rate_plain, 2),
         "default_vs_fp32_identical_answers": f"{sum(a == b for a, b in zip(fast, batched))}/{len(texts)}",
         "default_vs_fp32_same_keyword_verdict": f"{same_verdicts}/{len(texts)}",
+        "eval_stage_default_without_cast_weights_s": round(t_uncast, 2),
+        "cast_weights_speedup": round(t_uncast / t_fast, 2),
+        "cast_weights_identical_answers": f"{sum(a == b for a, b in zip(fast, uncast))}/{len(texts)}",
+        "speedup_default_without_cast_weights": round((len(texts) / t_uncast) / rate_plain, 2),
     }
 
 
