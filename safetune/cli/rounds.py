@@ -119,6 +119,7 @@ def run_rounds(
     base_metrics, base_art = run_eval(eval_cfgs[0])
     times["eval_base_s"] = time.time() - t
     times["eval_base_peak_rss_mb"] = peak_rss_mb()
+    release_memory()
     policy, synth_dirs, metrics, artifacts = (
         "base",
         [],
@@ -138,6 +139,7 @@ def run_rounds(
             synth_dirs.append(str(synth_dir))
             times[f"{name}/synth_s"] = time.time() - t
             times[f"{name}/synth_peak_rss_mb"] = peak_rss_mb()
+            release_memory()
             metrics.update({f"{name}/synth/{key}": v for key, v in s_metrics.items()})
             train_ov.append(f"synth_dir=[{','.join(synth_dirs)}]")
         t = time.time()
@@ -148,6 +150,7 @@ def run_rounds(
         train_metrics, train_art = run_train(tcfg)
         times[f"{name}/train_s"] = time.time() - t
         times[f"{name}/train_peak_rss_mb"] = peak_rss_mb()
+        release_memory()
         t = time.time()
         ecfg = compose("eval", [*ev, f"checkpoint={d / 'run'}", f"out_dir={out}"])
         drop_unreachable_suites(ecfg)  # the same suites as the base
@@ -186,6 +189,19 @@ def main(default_rounds: int = 2) -> None:
     metrics, artifacts = guarded(lambda: run_rounds(args, out_root, rounds))
     console.print(Path(artifacts["compare_md"]).read_text())
     print_metrics("demo", metrics, {"demo directory": artifacts["root"], "comparison": artifacts["compare_md"]})
+
+
+def release_memory() -> None:
+    """Between stages: collect the previous stage's objects and hand the freed heap back to the OS (glibc's
+    ``malloc_trim``), so the next stage does not stack its working set on top of the last one's leftovers."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def peak_rss_mb() -> float:
