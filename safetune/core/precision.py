@@ -135,7 +135,7 @@ def _castable(module: Any, dtype: torch.dtype, frozen_only: bool) -> bool:
     w = getattr(module, "weight", None)
     if not isinstance(module, torch.nn.Linear) or not isinstance(w, torch.Tensor):
         return False
-    if not w.dtype.is_floating_point or w.dtype == dtype or w.dtype.itemsize <= dtype.itemsize:
+    if not w.dtype.is_floating_point or w.dtype.itemsize <= dtype.itemsize:
         return False  # quantised, already 16-bit or narrower
     return not (frozen_only and w.requires_grad)
 
