@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from safetune.core.precision import decide_for_model
 from safetune.eval.judges.learned_model import HELDOUT_FILES, TRAIN_FILES, norm_text
 
 BUNDLED = Path(__file__).resolve().parents[1] / "safetune" / "eval" / "bundled"
@@ -294,7 +295,10 @@ def test_batched_verdicts_keep_input_order(learned):
     batched = learned.judge_many(pairs)
     single = [learned.judge(p, r) for p, r in pairs[::7]]
     assert [v.label for v in batched[::7]] == [v.label for v in single]
-    assert [round(v.score, 3) for v in batched[::7]] == pytest.approx([round(v.score, 3) for v in single], abs=2e-3)
+    # padded batches vs one pair: fp32 agrees to rounding; bf16 (the default on CPUs with native bf16) to ~1e-3
+    bf16 = decide_for_model(learned.precision, learned.model).label == "bf16"
+    tol = 1e-2 if bf16 else 2e-3
+    assert [v.score for v in batched[::7]] == pytest.approx([v.score for v in single], abs=tol)
 
 
 @pytest.mark.slow
