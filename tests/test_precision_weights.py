@@ -30,9 +30,10 @@ def _lora_model(model_dir, tie: bool = False):
         model.tie_weights()
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    g = torch.Generator().manual_seed(0)
     for n, p in model.named_parameters():  # non-zero B, so the adapters change the output
         if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(hash(n) % 1000))
+            torch.nn.init.normal_(p, std=0.05, generator=g)
     return model
 
 
