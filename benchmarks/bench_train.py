@@ -79,12 +79,14 @@ VARIANTS = [
     "safetune_grouped",
     "safetune_packed",
     "safetune_compiled",
+    "safetune_compiled_model",
     "trl_plain_bf16",
     "safetune_bf16",
     "safetune_autocast_bf16",
     "safetune_as_trl_bf16",
     "safetune_top10_bf16",
     "safetune_top10_autocast_bf16",
+    "safetune_compiled_bf16",
 ]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -354,7 +356,9 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_flatpack": ["trainer.share_prompt=false"],
             "safetune_grouped": ["+trainer.train_sampling_strategy=group_by_length"],
             "safetune_packed": ["trainer.pack_sequences=true"],
-            "safetune_compiled": ["trainer.pack_sequences=true", "+trainer.torch_compile=true"],
+            "safetune_compiled": ["trainer.compile=regions"],
+            "safetune_compiled_model": ["trainer.compile=model"],
+            "safetune_compiled_bf16": ["trainer.bf16=null", "trainer.compile=regions"],
             "safetune_bf16": ["trainer.bf16=null"],
             "safetune_autocast_bf16": ["trainer.bf16=null", "trainer.cast_frozen_weights=false"],
             "safetune_top10_bf16": [

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from safetune.core.checks import AT_LEAST_ONE, POSITIVE, Range, check_fields
+from safetune.core.compiling import check_compile_setting, compile_model
 from safetune.core.config import ConfigError
 from safetune.core.errors import EnvironmentProblem, InputError
 from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model, weights_in
@@ -79,6 +80,14 @@ class GenerationSettings:
             "less work (does not change outputs' cache key)."
         },
     )
+    compile: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile the model for generation: null (eager), 'regions' (each decoder layer) or 'model' "
+            "(the whole forward); falls back to eager with a warning when compile is unavailable or fails "
+            "(safetune.core.compiling). Fused kernels round differently, so it is part of the cache key when set."
+        },
+    )
     do_sample: bool = field(default=False, metadata={"help": "Greedy when False."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
@@ -113,6 +122,8 @@ class GenerationSettings:
         for key, allowed in (("backend", BACKENDS), ("precision", REQUESTS)):
             if key in d and d[key] not in allowed:
                 raise ConfigError(f"generation.{key}={d[key]!r}; expected one of {', '.join(allowed)}.")
+        if "compile" in d:
+            d["compile"] = check_compile_setting(d["compile"], {}, "generation.compile")[0]
         return cls(**d)
 
     def sampling(self) -> dict[str, Any]:
@@ -128,6 +139,7 @@ class GenerationSettings:
             "share_prefix",
             "chunked_prefill",
             "cast_weights",
+            "compile",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -137,6 +149,8 @@ class GenerationSettings:
         d.pop("share_prefix")
         d.pop("chunked_prefill")
         d.pop("cast_weights")
+        if d["compile"] is None:
+            d.pop("compile")  # keys of eager answers stay what they were
         if not d["prefill"]:
             d.pop("prefill")  # keys of answers without a prefill stay what they were
         if d.pop("backend") == "vllm":  # vLLM kernels can differ numerically: keep its answers apart
@@ -238,6 +252,7 @@ def generate_texts(
     share_prefix: bool = False,
     chunked_prefill: bool = False,
     cast_weights: bool = False,
+    compile: str | None = None,
 ) -> list[str]:
     """Answers to rendered prompt ``texts`` (in input order): length-sorted, left-padded batches.
 
@@ -247,8 +262,11 @@ def generate_texts(
     length together, decode into a cache with room): see :mod:`safetune.eval.prefill`; both give the plain batch's
     answers. With neither, each batch is a plain left-padded ``generate`` call. ``cast_weights``: under autocast,
     hold the linear weights in its dtype for the call (:func:`safetune.core.precision.weights_in`; same answers).
+    ``compile``: ``regions`` or ``model`` compiles the model in place once (:mod:`safetune.core.compiling`).
     """
     decided = decide_for_model(precision, model)
+    if compile is not None and getattr(model, "_safetune_compile", None) is None:
+        model._safetune_compile = compile_model(model, compile, {}, "generation.compile")
     order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     answers: list[str] = [""] * len(texts)
     pad_side = tokenizer.padding_side

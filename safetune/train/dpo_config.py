@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from safetune.core.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range, check_fields
+from safetune.core.compiling import check_compile_setting
 from safetune.core.config import ConfigError
 from safetune.core.errors import SafetuneError
 from safetune.core.precision import PrecisionError, training_flags
@@ -51,6 +52,12 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "cast_frozen_weights": "Under bf16/fp16 autocast, hold the frozen linear weights (a LoRA run's whole base model) in "
     "that dtype for the reference pass and training, instead of autocast re-casting them at every op; adapters and "
     "optimizer state stay fp32. Same log-probs and losses as plain autocast (core/precision.py: weights_in).",
+    "compile": "torch.compile the model before training: null (eager), 'regions' (each decoder layer; seconds to "
+    "compile, one graph shared by the layers) or 'model' (the whole forward; more fusion, minutes to compile, "
+    "recompiles on new shapes). Falls back to eager with a warning when compile is unavailable or fails "
+    "(core/compiling.py). transformers' own torch_compile field compiles the whole model without the fallback.",
+    "compile_options": "Keyword arguments for torch.compile with trainer.compile (backend, mode, dynamic, fullgraph, "
+    "options); dynamic defaults to true so new batch shapes do not recompile.",
 }
 
 
@@ -67,6 +74,10 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
         flag = out.get(name)
         if flag is not None and not isinstance(flag, bool):
             raise ConfigError(f"trainer.{name} must be true or false; got {flag!r}.")
+    options = out.get("compile_options")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"trainer.compile_options must be a mapping of torch.compile arguments; got {options!r}.")
+    out["compile"], out["compile_options"] = check_compile_setting(out.get("compile"), options, "trainer.compile")
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from safetune.core.compiling import compile_model
 from safetune.core.errors import EnvironmentProblem
 from safetune.core.precision import Precision, training_label, weights_in
 from safetune.train.dpo_config import SanityCheck
@@ -138,6 +139,8 @@ def make_trainer_class():
             share_frozen_trunk: bool | None = None,
             share_prompt: bool | None = None,
             cast_frozen_weights: bool | None = None,
+            compile: str | None = None,
+            compile_options: dict[str, Any] | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
@@ -152,6 +155,9 @@ def make_trainer_class():
             self._safetune_sanity = sanity
             self._safetune_checked = False
             self.sanity_report: dict[str, float] = {}
+            model = kwargs.get("model", args[0] if args else None)
+            # before DPOTrainer.__init__ (the reference pass runs there); PEFT wraps the compiled layers unchanged
+            self.compile_state = compile_model(model, compile, compile_options or {}, "trainer.compile")
             super().__init__(*args, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

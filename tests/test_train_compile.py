@@ -1,0 +1,154 @@
+"""``trainer.compile``: torch.compile of the decoder layers (or the whole forward) with a fallback to eager."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from test_train_padding import _trainer as _padding_trainer
+from train_tiny import make_tiny_model
+
+from safetune.core import compiling
+from safetune.core.compiling import check_compile_setting, compile_model
+from safetune.core.config import ConfigError
+from safetune.train.dpo_config import safetune_trainer_options
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_compile") / "model", layers=3)
+
+
+def _model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def _ids(length: int, seed: int = 0):
+    return torch.randint(1, 1000, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _logits_and_grad(model, ids):
+    model.zero_grad()
+    logits = model(input_ids=ids).logits
+    logits.logsumexp(-1).sum().backward()
+    return logits.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()
+
+
+def _failing_compile(message: str):
+    def fake_compile(fn, **kwargs):
+        def broken(*args, **kw):
+            raise RuntimeError(message)
+
+        return broken
+
+    return fake_compile
+
+
+def test_compile_settings_are_checked():
+    assert check_compile_setting(None, None, "trainer.compile") == (None, {})
+    assert check_compile_setting(False, {}, "trainer.compile") == (None, {})
+    assert check_compile_setting(True, {"mode": "default"}, "x") == ("regions", {"mode": "default"})
+    with pytest.raises(ConfigError, match="trainer.compile must be null.*got 'layers'"):
+        safetune_trainer_options({"compile": "layers"})
+    with pytest.raises(ConfigError, match=r"compile_options has key\(s\) \['dynamc'\]"):
+        safetune_trainer_options({"compile": "regions", "compile_options": {"dynamc": True}})
+    with pytest.raises(ConfigError, match="compile_options must be a mapping"):
+        safetune_trainer_options({"compile": "regions", "compile_options": "max-autotune"})
+
+
+def test_regions_compile_gives_eager_numbers_and_reuses_one_graph_across_lengths(tiny_model):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager_model, compiled_model = _model(tiny_model), _model(tiny_model)
+    state = compile_model(compiled_model, "regions", {}, "trainer.compile")
+    assert state.scope == "regions" and state.regions == 3
+    assert all("forward" in layer.__dict__ for layer in compiled_model.model.layers)
+    for length in (9, 13):
+        expected = _logits_and_grad(eager_model, _ids(length))
+        got = _logits_and_grad(compiled_model, _ids(length))
+        assert torch.allclose(got[0], expected[0], atol=1e-4)
+        assert torch.allclose(got[1], expected[1], atol=1e-4)
+        if length == 9:
+            graphs = counters["stats"]["unique_graphs"]
+            assert graphs >= 1  # dynamo really compiled the layers
+    assert counters["stats"]["unique_graphs"] == graphs  # a new length reused the dynamic-shape graph
+    assert state.fallback_reason is None
+    assert set(compiled_model.state_dict()) == set(eager_model.state_dict())  # names unchanged
+
+
+def test_falls_back_to_eager_when_torch_compile_raises(tiny_model, monkeypatch, caplog):
+    def unavailable(fn, **kwargs):
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    model = _model(tiny_model)
+    with caplog.at_level(logging.WARNING, logger=compiling.__name__):
+        state = compile_model(model, "regions", {}, "trainer.compile")
+    assert state.scope is None and "Windows not yet supported" in state.fallback_reason
+    assert "trainer.compile=null" in caplog.text
+    assert not any("forward" in layer.__dict__ for layer in model.model.layers)
+    expected = _logits_and_grad(_model(tiny_model), _ids(9))
+    got = _logits_and_grad(model, _ids(9))
+    assert torch.equal(got[0], expected[0])
+
+
+def test_falls_back_to_eager_when_the_compiled_forward_fails(tiny_model, monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", _failing_compile("InductorError: C++ compile error: cannot find cl"))
+    model = _model(tiny_model)
+    state = compile_model(model, "model", {}, "trainer.compile")
+    assert state.scope == "model" and "forward" in model.__dict__
+    with caplog.at_level(logging.WARNING, logger=compiling.__name__):
+        got = _logits_and_grad(model, _ids(9))  # the first call fails compiled, runs eager
+        _logits_and_grad(model, _ids(11))
+    expected = _logits_and_grad(_model(tiny_model), _ids(9))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert state.scope is None and "cannot find cl" in state.fallback_reason
+    assert "forward" not in model.__dict__  # the class's own forward again
+    assert caplog.text.count("torch.compile is not used") == 1
+
+
+def test_errors_of_the_model_itself_are_raised_not_taken_for_compile_failures(tiny_model, monkeypatch):
+    monkeypatch.setattr(torch, "compile", _failing_compile("compiled path failed"))
+    model = _model(tiny_model)
+    state = compile_model(model, "regions", {}, "trainer.compile")
+    with pytest.raises(Exception, match="index out of range|out of bounds|index"):
+        model(input_ids=torch.full((1, 4), 10**6))  # beyond the vocabulary: eager fails as well
+    assert state.scope == "regions"  # an error eager raises too says nothing about compile
+
+
+def test_dpo_training_with_compiled_layers_matches_eager(tiny_model, tmp_path):
+    from peft import LoraConfig
+
+    torch._dynamo.reset()
+
+    def run(name: str, **cfg):
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        trainer = _padding_trainer(
+            tiny_model,
+            tmp_path / name,
+            8,
+            per_device_train_batch_size=4,
+            max_steps=2,
+            learning_rate=1e-3,
+            seed=0,
+            loss_type=["sigmoid", "sft"],
+            peft_config=lora,
+            **cfg,
+        )
+        trainer.train()
+        return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    eager, eager_losses = run("eager")
+    compiled, compiled_losses = run("compiled", compile="regions")
+    assert compiled.compile_state.scope == "regions" and compiled.compile_state.fallback_reason is None
+    assert len(eager_losses) == 2
+    assert compiled_losses == pytest.approx(eager_losses, abs=1e-4)
+    for col in ("ref_chosen_logps", "ref_rejected_logps"):  # the reference pass ran compiled too
+        assert torch.allclose(
+            torch.tensor(compiled.train_dataset[col]), torch.tensor(eager.train_dataset[col]), atol=1e-4
+        )
