@@ -244,3 +244,52 @@ def test_shared_prefix_generation_on_the_embedded_model(embedded_model_dir):
     shared = generate_texts(model, tok, texts, max_new_tokens=24, batch_size=8, share_prefix=True)
     assert shared == plain
     assert len(set(plain)) == len(plain) and all(plain)
+
+
+def test_compile_keys_the_cache_only_when_set_and_is_checked():
+    from safetune.core.config import ConfigError
+
+    plain = GenerationSettings()
+    assert "compile" not in json.dumps(plain.sampling()) or plain.sampling()["compile"] is None
+    assert GenerationSettings(compile=None).key() == plain.key()
+    assert GenerationSettings(compile="regions").key() != plain.key()
+    assert GenerationSettings(compile="regions").key() != GenerationSettings(compile="model").key()
+    assert GenerationSettings.from_cfg({"compile": None}).compile is None
+    with pytest.raises(ConfigError, match="generation.compile must be null"):
+        GenerationSettings.from_cfg({"compile": "fast"})
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["compiled", "compile-fails"])
+def test_compiled_generation_gives_the_eager_answers(tmp_path, monkeypatch, broken):
+    import torch
+    from train_tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safetune.eval.generate import generate_texts
+
+    path = make_tiny_model(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = _chat_texts(tok)
+    eager_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if broken:  # the backend fails at the first compiled call: generation goes on eager
+
+        def fake_compile(fn, **kwargs):
+            def fails(*a, **k):
+                raise RuntimeError("BackendCompilerFailed: inductor raised")
+
+            return fails
+
+        monkeypatch.setattr(torch, "compile", fake_compile)
+    torch._dynamo.reset()
+    kw = {"max_new_tokens": 8, "batch_size": 8, "share_prefix": True, "chunked_prefill": True}
+    plain = generate_texts(eager_model, tok, texts, **kw)
+    compiled = generate_texts(model, tok, texts, compile="regions", **kw)
+    assert compiled == plain
+    state = model._safetune_compile
+    if broken:
+        assert state.scope is None and "inductor raised" in state.fallback_reason
+    else:
+        assert state.scope == "regions" and state.fallback_reason is None
+    again = generate_texts(model, tok, texts, compile="regions", **kw)  # compiled once, not wrapped twice
+    assert again == plain and model._safetune_compile is state

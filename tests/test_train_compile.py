@@ -101,14 +101,14 @@ def test_falls_back_to_eager_when_the_compiled_forward_fails(tiny_model, monkeyp
     monkeypatch.setattr(torch, "compile", _failing_compile("InductorError: C++ compile error: cannot find cl"))
     model = _model(tiny_model)
     state = compile_model(model, "model", {}, "trainer.compile")
-    assert state.scope == "model" and "forward" in model.__dict__
+    assert state.scope == "model" and "forward" in model.model.__dict__  # the decoder stack under the LM head
     with caplog.at_level(logging.WARNING, logger=compiling.__name__):
         got = _logits_and_grad(model, _ids(9))  # the first call fails compiled, runs eager
         _logits_and_grad(model, _ids(11))
     expected = _logits_and_grad(_model(tiny_model), _ids(9))
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert state.scope is None and "cannot find cl" in state.fallback_reason
-    assert "forward" not in model.__dict__  # the class's own forward again
+    assert "forward" not in model.model.__dict__  # the class's own forward again
     assert caplog.text.count("torch.compile is not used") == 1
 
 
@@ -121,10 +121,13 @@ def test_errors_of_the_model_itself_are_raised_not_taken_for_compile_failures(ti
     assert state.scope == "regions"  # an error eager raises too says nothing about compile
 
 
-def test_dpo_training_with_compiled_layers_matches_eager(tiny_model, tmp_path):
+@pytest.mark.parametrize("scope", ["regions", "model"])
+def test_dpo_training_compiled_matches_eager_and_really_runs_compiled(tiny_model, tmp_path, scope):
     from peft import LoraConfig
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()
 
     def run(name: str, **cfg):
         lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -144,8 +147,10 @@ def test_dpo_training_with_compiled_layers_matches_eager(tiny_model, tmp_path):
         return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
     eager, eager_losses = run("eager")
-    compiled, compiled_losses = run("compiled", compile="regions")
-    assert compiled.compile_state.scope == "regions" and compiled.compile_state.fallback_reason is None
+    assert not counters["stats"]["unique_graphs"]
+    compiled, compiled_losses = run("compiled", compile=scope)
+    assert compiled.compile_state.scope == scope and compiled.compile_state.fallback_reason is None
+    assert counters["stats"]["unique_graphs"] >= 1  # TRL's fused LM head path really called the compiled forward
     assert len(eager_losses) == 2
     assert compiled_losses == pytest.approx(eager_losses, abs=1e-4)
     for col in ("ref_chosen_logps", "ref_rejected_logps"):  # the reference pass ran compiled too

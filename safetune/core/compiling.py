@@ -6,8 +6,9 @@ Two scopes (``trainer.compile`` / ``generation.compile``):
   share one code object, so one compiled graph serves every layer with the same structure; compile time is
   seconds, not minutes). Embeddings, masks, the LM head and safetune's own wrappers (packing, the shared frozen
   trunk's hooks) stay eager, so varying batch layouts never force a recompile of the whole model.
-- ``model``: the causal LM's whole ``forward`` (more fusion; minutes to compile on a small CPU, and every new shape
-  the dynamic-shape graph does not cover recompiles).
+- ``model``: the whole decoder stack's ``forward`` (embeddings, masks, every layer, the final norm; the LM head stays
+  eager because TRL's fused log-prob head calls the stack directly). Minutes to compile on a small CPU; batch layouts
+  the dynamic-shape graph does not cover (packed rows, shared-prompt masks) recompile.
 
 The compiled forwards replace the bound ``forward`` of the modules in place, so parameter names, state dicts,
 PEFT adapters and hooks are unchanged. Fallback: if ``torch.compile`` is unsupported or raises when wrapping, or a
@@ -112,6 +113,17 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return []
 
 
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack under the LM head: TRL's fused LM head (training) calls it directly, generation through the
+    causal LM's forward, so compiling it covers both (the LM head and TRL's chunked log-prob kernel stay eager)."""
+    get = getattr(model, "get_decoder", None)
+    try:
+        found = get() if callable(get) else None
+    except (AttributeError, NotImplementedError):
+        found = None
+    return found if isinstance(found, nn.Module) else model
+
+
 def compile_model(model: nn.Module, scope: str | None, options: dict[str, Any], setting: str) -> CompileState:
     """Compile ``model``'s forward in place (``scope``: regions or model; None: nothing), falling back to eager."""
     state = CompileState(requested=scope)
@@ -127,7 +139,7 @@ def compile_model(model: nn.Module, scope: str | None, options: dict[str, Any], 
             state.fall_back(f"no repeated decoder layers found in {type(model).__name__}", setting)
             return state
     else:
-        targets = [model]
+        targets = [backbone(model)]
     try:
         if not torch._dynamo.is_dynamo_supported():
             raise RuntimeError("torch._dynamo does not support this Python/platform")
@@ -147,7 +159,7 @@ def compile_model(model: nn.Module, scope: str | None, options: dict[str, Any], 
         setting,
         scope,
         len(targets),
-        "decoder layers" if scope == "regions" else "model forward",
+        "decoder layers" if scope == "regions" else f"{type(targets[0]).__name__} forward",
         ", ".join(f"{k}={v}" for k, v in kwargs.items()),
     )
     return state
