@@ -86,7 +86,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     from safetune.eval.generate import resolve_precision
 
     def eval_stage(
-        precision: str, share_prefix: bool = True, chunked: bool = True, cast: bool = True
+        precision: str, share_prefix: bool = True, chunked: bool = True, cast: bool = True, compile: str | None = None
     ) -> tuple[list[str], float]:
         t0 = time.perf_counter()
         out = generate_texts(
@@ -99,6 +99,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
             share_prefix=share_prefix,
             chunked_prefill=chunked,
             cast_weights=cast,
+            compile=compile,
         )
         return out, time.perf_counter() - t0
 
@@ -122,6 +123,22 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
             )
             plain.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     t_plain = time.perf_counter() - t0
+
+    compiled = {}
+    if args.compile != "none":  # last: compiling changes the model in place
+        first, t_first = eval_stage("auto", compile=args.compile)  # includes compiling
+        again, t_again = eval_stage("auto", compile=args.compile)
+        state = model._safetune_compile
+        compiled = {
+            "compile": args.compile,
+            "compile_in_effect": state.scope or f"eager ({state.fallback_reason})",
+            "eval_stage_default_compiled_first_s": round(t_first, 2),
+            "eval_stage_default_compiled_s": round(t_again, 2),
+            "compile_speedup_steady": round(t_fast / t_again, 2),
+            "compile_speedup_with_compiling": round(t_fast / t_first, 2),
+            "compile_identical_answers": f"{sum(a == b for a, b in zip(again, fast))}/{len(texts)}",
+            "compile_first_equals_again": first == again,
+        }
 
     same = sum(a == b for a, b in zip(batched, plain))
     from safetune.eval.judges.keyword import KeywordJudge
@@ -161,6 +178,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
         "cast_weights_speedup": round(t_uncast / t_fast, 2),
         "cast_weights_identical_answers": f"{sum(a == b for a, b in zip(fast, uncast))}/{len(texts)}",
         "speedup_default_without_cast_weights": round((len(texts) / t_uncast) / rate_plain, 2),
+        **compiled,
     }
 
 
@@ -178,6 +196,12 @@ def main() -> None:
         "--judges", default="keyword,embedding", help="judge configs (conf/eval/judge/<name>.yaml); '' skips"
     )
     ap.add_argument("--judge-pairs", type=int, default=600)
+    ap.add_argument(
+        "--compile",
+        default="regions",
+        choices=["regions", "model", "none"],
+        help="also time generation.compile at the default precision (compiled last: it changes the model in place)",
+    )
     ap.add_argument("--skip-generation", action="store_true", help="only the judge throughput")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
