@@ -82,11 +82,7 @@ class GenerationSettings:
     )
     compile: str | None = field(
         default=None,
-        metadata={
-            "help": "torch.compile the model for generation: null (eager), 'regions' (each decoder layer) or 'model' "
-            "(the whole forward); falls back to eager with a warning when compile is unavailable or fails "
-            "(safetune.core.compiling). Fused kernels round differently, so it is part of the cache key when set."
-        },
+        metadata={"help": "torch.compile: null, 'regions' or 'model' (safetune.core.compiling); in the key when set."},
     )
     do_sample: bool = field(default=False, metadata={"help": "Greedy when False."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
@@ -262,8 +258,7 @@ def generate_texts(
     length together, decode into a cache with room): see :mod:`safetune.eval.prefill`; both give the plain batch's
     answers. With neither, each batch is a plain left-padded ``generate`` call. ``cast_weights``: under autocast,
     hold the linear weights in its dtype for the call (:func:`safetune.core.precision.weights_in`; same answers).
-    ``compile``: ``regions`` or ``model`` compiles the model in place once (:mod:`safetune.core.compiling`).
-    """
+    ``compile``: ``regions`` or ``model`` compiles the model in place, once (:mod:`safetune.core.compiling`)."""
     decided = decide_for_model(precision, model)
     if compile is not None and getattr(model, "_safetune_compile", None) is None:
         model._safetune_compile = compile_model(model, compile, {}, "generation.compile")
