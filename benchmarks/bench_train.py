@@ -88,6 +88,7 @@ VARIANTS = [
     "safetune_top10_autocast_bf16",
     "safetune_compiled_bf16",
     "safetune_compiled_model_bf16",
+    "safetune_top10_compiled_bf16",
 ]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -361,6 +362,12 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_compiled_model": ["trainer.compile=model"],
             "safetune_compiled_bf16": ["trainer.bf16=null", "trainer.compile=regions"],
             "safetune_compiled_model_bf16": ["trainer.bf16=null", "trainer.compile=model"],
+            "safetune_top10_compiled_bf16": [
+                "trainer.bf16=null",
+                "trainer.compile=regions",
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+            ],
             "safetune_bf16": ["trainer.bf16=null"],
             "safetune_autocast_bf16": ["trainer.bf16=null", "trainer.cast_frozen_weights=false"],
             "safetune_top10_bf16": [
