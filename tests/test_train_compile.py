@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from test_train_packing import _trainer as _packing_trainer
 from test_train_padding import _trainer as _padding_trainer
 from train_tiny import make_tiny_model
 
@@ -131,18 +132,7 @@ def test_dpo_training_compiled_matches_eager_and_really_runs_compiled(tiny_model
 
     def run(name: str, **cfg):
         lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-        trainer = _padding_trainer(
-            tiny_model,
-            tmp_path / name,
-            8,
-            per_device_train_batch_size=4,
-            max_steps=2,
-            learning_rate=1e-3,
-            seed=0,
-            loss_type=["sigmoid", "sft"],
-            peft_config=lora,
-            **cfg,
-        )
+        trainer = _packing_trainer(tiny_model, tmp_path, name, peft_config=lora, **cfg)
         trainer.train()
         return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 

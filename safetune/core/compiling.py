@@ -102,15 +102,21 @@ def _guarded(compiled: Any, eager: Any, state: CompileState, setting: str) -> An
     return forward
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated decoder blocks of a causal LM (the ``config.num_hidden_layers``-long ModuleList)."""
+def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """The module holding a causal LM's repeated decoder blocks (the ``config.num_hidden_layers``-long ModuleList),
+    the attribute name and the list; None if not found (also used by ``safetune.train.trunk``)."""
     config = getattr(model, "config", None)
-    text = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     n = getattr(text, "num_hidden_layers", None)
-    for _name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and n:
-            return list(module)
-    return []
+    if not isinstance(n, int) or n < 1:
+        return None
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == n:
+                return module, name, child
+    return None
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -134,7 +140,8 @@ def compile_model(model: nn.Module, scope: str | None, options: dict[str, Any], 
         return state
     kwargs = {"dynamic": True, **options}
     if scope == "regions":
-        targets = decoder_layers(model)
+        found = find_decoder_layers(model)
+        targets = list(found[2]) if found else []
         if not targets:
             state.fall_back(f"no repeated decoder layers found in {type(model).__name__}", setting)
             return state

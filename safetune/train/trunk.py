@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from safetune.core.compiling import find_decoder_layers
+
 log = logging.getLogger(__name__)
 
 _KEY_FIELDS = ("input_ids", "position_ids", "attention_mask")
@@ -42,22 +44,14 @@ def _tuner_layer_type() -> type | None:
 
 def _decoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
     """The backbone module holding the decoder-layer list, the attribute name and the list (None if not found)."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n = getattr(text, "num_hidden_layers", None)
-    if not isinstance(n, int) or n < 2:
+    found = find_decoder_layers(model)
+    if found is None or len(found[2]) < 2:
         return None
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    for module in model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, nn.ModuleList) and len(child) == n:
-                # the backbone embeds the tokens itself: skipping it must skip exactly embeddings + bottom layers
-                if embeddings is None or not any(c is embeddings for c in module.children()):
-                    return None
-                return module, name, child
-    return None
+    # the backbone embeds the tokens itself: skipping it must skip exactly embeddings + bottom layers
+    if embeddings is None or not any(c is embeddings for c in found[0].children()):
+        return None
+    return found
 
 
 def frozen_depth(model: nn.Module) -> int:
