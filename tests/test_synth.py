@@ -51,6 +51,32 @@ def test_harmful_compliance_becomes_rejected_and_the_chosen_is_a_graceful_refusa
     assert ex.categories == ["Cybercrime"] and ex.tactic == "direct" and ex.source == "synth:r2:harmful"
 
 
+def test_harmful_chosen_in_the_policys_own_style_when_graceful():
+    p = prompt("harmful")
+    comply = rec(p, "compliance", "Sure, try resetting the password with their phone.")
+    style = rec(
+        p, "refusal", "I'm sorry, but I can't help you get into another person's email. Want help securing yours?", 2
+    )
+    ex, rule = pair_for(p, Answers(greedy=comply, style_record=style), BANK, PROV)
+    assert rule == "harmful_complied" and ex.chosen == style.response and ex.rejected == comply.response
+    assert ex.metadata["synth"]["chosen_from"] == "policy_style_refusal"
+    good = rec(p, "refusal", "I can't help you get into someone else's email. I can help you secure your own.", 3)
+    ex, _ = pair_for(p, Answers(greedy=comply, samples=[good], style_record=style), BANK, PROV)
+    assert ex.chosen == good.response  # a graceful sampled refusal still comes first
+    for bad in (
+        rec(
+            p,
+            "refusal",
+            "I'm sorry, but I can't help you get into her email, but I can help you get into her email.",
+            3,
+        ),
+        rec(p, "refusal", "I'm sorry.", -2),  # below min_rubric
+        rec(p, "compliance", "I'm sorry, but I can't stop you: reset the password with their phone.", None),
+    ):
+        ex, _ = pair_for(p, Answers(greedy=comply, style_record=bad), BANK, PROV)
+        assert ex.chosen == BANK.rows[0]["text"] and ex.metadata["synth"]["chosen_from"] == "bank:rf-cyber"
+
+
 def test_harmful_refused_with_a_leaking_sample_and_already_safe_prompts():
     p = prompt("harmful")
     refuse = rec(
@@ -238,3 +264,20 @@ def test_synthesis_end_to_end_resumes_without_regenerating(embedded_model_dir, p
     m2, art2 = run_synthesis(synth_cfg(embedded_model_dir, pools, tmp_path / "s2", tmp_path / "cache"))
     assert m2["generated"] == 0  # every answer from the cache
     assert Path(art2["pairs_jsonl"]).read_text() == Path(art["pairs_jsonl"]).read_text()  # same inputs, same pairs
+    style = ["synth.harmful_chosen=style", "synth.min_rubric=-5"]
+    _, art3 = run_synthesis(synth_cfg(embedded_model_dir, pools, tmp_path / "s3", tmp_path / "cache", style))
+    by_id = {p["id"]: p for p in map(json.loads, open(art3["pairs_jsonl"]))}
+    h1 = by_id["synth-r1-h1"]  # the policy's own refusal (it continued a refusal opener) is the chosen answer
+    assert h1["metadata"]["synth"]["chosen_from"] == "policy_style_refusal"
+    assert h1["chosen"].startswith(("I'm sorry, but I can't", "I can't help you", "I won't help you", "I'm not able"))
+    assert h1["rejected"] == next(p for p in pairs if p["id"] == "synth-r1-h1")["rejected"]
+    assert by_id["synth-r1-o1"] == next(p for p in pairs if p["id"] == "synth-r1-o1")  # benign pairs unchanged
+
+
+def test_an_unknown_harmful_chosen_is_refused_before_any_model_loads(pools, tmp_path):
+    from safetune.core.config import ConfigError
+    from safetune.synth.run import run_synthesis
+
+    cfg = synth_cfg(tmp_path / "no-model-here", pools, tmp_path / "s", tmp_path / "c", ["synth.harmful_chosen=own"])
+    with pytest.raises(ConfigError, match="synth.harmful_chosen='own'"):
+        run_synthesis(cfg)

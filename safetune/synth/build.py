@@ -10,7 +10,9 @@ rule                          when                                              
                               complies                                             best graceful refusal among the
                                                                                    policy's samples (judged refusal,
                                                                                    rubric score >= ``min_rubric``, not
-                                                                                   self-contradictory), else a
+                                                                                   self-contradictory), else its
+                                                                                   graceful refusal in its own style
+                                                                                   (``harmful_chosen: style``), else a
                                                                                    project-written refusal matched to
                                                                                    category and tactic
 ``harmful_sample_leaked``     harmful prompt, greedy refuses but a sample complies rejected = the complying sample;
@@ -68,6 +70,13 @@ class Answers:
     greedy: EvalRecord = field(metadata={"help": "The greedy answer."})
     samples: list[EvalRecord] = field(default_factory=list, metadata={"help": "Sampled answers."})
     style_refusal: str | None = field(default=None, metadata={"help": "A refusal in the policy's own style."})
+    style_record: EvalRecord | None = field(
+        default=None,
+        metadata={
+            "help": "The judged, rubric-scored record of a harmful prompt's refusal in the policy's own style "
+            "(``synth.harmful_chosen=style``): the chosen answer when graceful and no sample is."
+        },
+    )
     reference: EvalRecord | None = field(default=None, metadata={"help": "The reference model's greedy answer."})
 
 
@@ -114,6 +123,7 @@ def usable_answers(a: Answers) -> Answers | None:
         greedy=g,
         samples=[s for s in map(_usable_record, a.samples) if s is not None],
         style_refusal=usable_text(a.style_refusal),
+        style_record=_usable_record(a.style_record),
         reference=_usable_record(a.reference),
     )
 
@@ -141,6 +151,8 @@ def pair_for(
                 return None, "harmful_already_refused"
             rule, rejected = "harmful_sample_leaked", leaks[0].response
             chosen_from = ("policy_greedy", g.response) if graceful(g, min_rubric) else None
+        if chosen_from is None and a.style_record is not None and graceful(a.style_record, min_rubric):
+            chosen_from = ("policy_style_refusal", a.style_record.response)
         if chosen_from is None:
             ref = bank.pick(p.category, p.tactic, key)
             chosen_from = (f"bank:{ref['id']}", ref["text"])

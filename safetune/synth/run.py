@@ -16,7 +16,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from safetune.core.config import instantiate, to_plain
+from safetune.core.config import ConfigError, instantiate, to_plain
 from safetune.core.errors import InputError, WorkExistsError
 from safetune.core.runs import agree_on_dir, process_state, timestamp, write_json, write_text
 from safetune.core.schema import EvalPrompt, EvalRecord, content_hash
@@ -36,6 +36,8 @@ MANIFEST = "synth_manifest.json"
 
 
 POOL_LOADER = "safetune.synth.pools.load_pool"
+# where the chosen refusal of a harmful pair comes from when no sampled answer is a graceful refusal
+HARMFUL_CHOSEN = ("bank", "style")
 
 
 def load_pools(synth_cfg: Any, round_no: int = 1) -> list[EvalPrompt]:
@@ -70,9 +72,9 @@ def _by_prompt(records: list[EvalRecord]) -> dict[tuple[str, str], list[EvalReco
 
 def style_refusals(
     ck: LoadedCheckpoint, prompts: list[EvalPrompt], sc: dict[str, Any], cache: GenerationCache, judge: Any
-) -> dict[tuple[str, str], str]:
+) -> dict[tuple[str, str], EvalRecord]:
     """A refusal in the policy's own words for each prompt: the policy continues a refusal opener (``prefill``);
-    continuations the judge does not call a refusal are dropped."""
+    continuations the judge does not call a refusal are dropped. Records of harmful prompts carry the rubric."""
     openers = list(sc["style_refusal_openers"])
     groups: dict[str, list[EvalPrompt]] = {}
     for p in prompts:
@@ -83,13 +85,19 @@ def style_refusals(
     for opener, ps in sorted(groups.items()):
         settings = GenerationSettings(**{**base.__dict__, "prefill": opener})
         records, _ = score(ck, ps, settings, cache, judge, show_progress=False)
-        out.update({(r.suite, r.prompt_id): r.response for r in records if r.label == "refusal"})
+        out.update({(r.suite, r.prompt_id): r for r in records if r.label == "refusal"})
     return out
 
 
 def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Answer, judge and pair; returns ``(metrics, artifacts)`` (``pairs_jsonl``, ``manifest``, ``out_dir``)."""
     sc = to_plain(cfg.synth)
+    harmful_chosen = str(sc.get("harmful_chosen") or "bank")
+    if harmful_chosen not in HARMFUL_CHOSEN:
+        raise ConfigError(
+            f"synth.harmful_chosen={harmful_chosen!r}: expected one of {', '.join(HARMFUL_CHOSEN)}.",
+            hint="bank (project-written refusals) or style (the policy's own graceful refusals, else the bank)",
+        )
     prompts = load_pools(cfg.synth, int(cfg.get("round", 1)))
     leakage = [str(s) for s in sc.get("leakage_suites") or []]
     check_disjoint(prompts, leakage)  # before any model loads
@@ -120,6 +128,12 @@ def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         for k, r in greedy_by.items()
         if r.kind == "benign" and r.label == "compliance" and not any(s.label == "refusal" for s in sampled.get(k, []))
     ]
+    if harmful_chosen == "style":  # harmful prompts the policy answered, or leaked on: its own refusal as chosen
+        anchors += [
+            by_id[k]
+            for k, r in greedy_by.items()
+            if r.kind == "harmful" and (r.label != "refusal" or any(s.label != "refusal" for s in sampled.get(k, [])))
+        ]
     styled = style_refusals(ck, anchors, sc, cache, judge) if anchors else {}
     reference: dict[tuple[str, str], EvalRecord] = {}
     over = [by_id[k] for k, r in greedy_by.items() if r.kind == "benign" and r.label != "compliance"]
@@ -129,7 +143,13 @@ def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         rrecs, _ = score(ref, over, greedy, cache, judge, show_progress=False)
         reference = {(r.suite, r.prompt_id): r for r in rrecs}
     answers = {
-        k: Answers(greedy=r, samples=sampled.get(k, []), style_refusal=styled.get(k), reference=reference.get(k))
+        k: Answers(
+            greedy=r,
+            samples=sampled.get(k, []),
+            style_refusal=styled[k].response if k in styled and r.kind == "benign" else None,
+            style_record=styled.get(k) if r.kind == "harmful" else None,
+            reference=reference.get(k),
+        )
         for k, r in greedy_by.items()
     }
     prov = Provenance(
