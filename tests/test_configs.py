@@ -94,7 +94,11 @@ def test_the_demo_experiment_splits_into_stage_deltas():
     train = compose("train", ["experiment=demo"])
     ev = compose("eval", ["experiment=demo"])
     assert train.name == ev.name == "demo"
-    assert train.trainer.beta == 0.02 and len(train.data.sources) == 3 and train.peft.top_layers == 10
+    assert train.trainer.beta == 0.02 and train.peft.top_layers == 10
+    # the curated set plus the on-policy pairs the demo synthesises first (the synthesis stage's own delta)
+    targets = [s["_target_"] for s in train.data.sources]
+    assert all(t.endswith("triplets.load") for t in targets[:2]) and targets[2:] == ["safetune.synth.source.load"] * 3
+    assert compose("synthesize", ["experiment=demo"]).synth.pools[2].max_rows is None  # every harmful pool prompt
     assert ev.limit_per_group is None and ev.generation.max_new_tokens == 40 and ev.generation.batch_size == 128
     assert "trainer" not in ev and "generation" not in train
 

@@ -281,3 +281,12 @@ def test_an_unknown_harmful_chosen_is_refused_before_any_model_loads(pools, tmp_
     cfg = synth_cfg(tmp_path / "no-model-here", pools, tmp_path / "s", tmp_path / "c", ["synth.harmful_chosen=own"])
     with pytest.raises(ConfigError, match="synth.harmful_chosen='own'"):
         run_synthesis(cfg)
+
+
+def test_the_demo_trained_without_its_pairs_says_how_to_make_them():
+    from safetune.data.mix import load_source
+
+    src = compose("train", ["experiment=demo"]).data.sources[2]  # on-policy pairs at ${synth_dir}, unset here
+    with pytest.raises(InputError, match=r"no directory is set \(synth_dir is null\)") as e:
+        load_source(src)
+    assert "safetune-data synthesize" in e.value.hint and "synth_dir=DIR" in e.value.hint

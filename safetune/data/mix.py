@@ -77,6 +77,13 @@ def load_source(src: dict[str, Any], *, on_error: str = "raise") -> Loaded:
     src = dict(to_plain(src))
     target = source_target(src)
     if not src.get("path"):
+        if target == "safetune.synth.source.load":  # on-policy pairs: path is usually ${synth_dir}
+            raise InputError(
+                f"data source {src.get('name') or target!r} reads synthesised on-policy pairs, but no directory is set "
+                "(synth_dir is null).",
+                hint="synthesise first (`safetune-data synthesize experiment=<same> out_dir=DIR`) and add "
+                "synth_dir=DIR, or run the whole round with `safetune-demo` / `safetune-rounds`",
+            )
         raise InputError(f"data source {src.get('name') or target!r} has no 'path'.")
     options = {k: v for k, v in src.items() if k not in (*MIX_KEYS, "loader", "_target_") and v is not None}
     load = instantiate({"_target_": target, **options}, _partial_=True)
