@@ -1,4 +1,5 @@
-"""Iterative on-policy rounds end to end on the embedded model, shortened (``safetune-rounds rounds=2``).
+"""Iterative on-policy rounds end to end on the embedded model, shortened (``safetune-rounds rounds=2`` on the demo's
+configuration: its first round is the demo).
 
 (A tiny random model answers with empty strings, which give no pairs to learn from; the embedded SmolLM2-135M answers
 almost every harmful request, so each round has harmful pairs.)
@@ -20,11 +21,13 @@ def test_two_rounds_synthesise_with_the_previous_checkpoint_and_compare(tmp_path
     from safetune.cli.rounds import run_rounds
 
     overrides = [
-        "experiment=onpolicy",
+        "experiment=demo",  # the demo's own sources: curated, look-alike supplement, three on-policy filters
         f"paths.cache={tmp_path / 'cache'}",
         "data.sources.0.max_rows=12",
-        "data.sources.1.max_rows=6",
+        "data.sources.1.max_rows=2",
         "data.sources.2.max_rows=6",
+        "data.sources.3.max_rows=3",
+        "data.sources.4.max_rows=3",
         "synth.pools.0.max_rows=4",
         "synth.pools.1.max_rows=3",
         "synth.pools.2.max_rows=5",
