@@ -123,18 +123,19 @@ def run_synthesis(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {}
     greedy_by = {(r.suite, r.prompt_id): r for r in records}
     by_id = {(p.suite, p.id): p for p in prompts}
-    anchors = [
+    # prompts that need a refusal in the policy's own style: benign ones it answered (the anchors' rejected side) …
+    to_style = [
         by_id[k]
         for k, r in greedy_by.items()
         if r.kind == "benign" and r.label == "compliance" and not any(s.label == "refusal" for s in sampled.get(k, []))
     ]
-    if harmful_chosen == "style":  # harmful prompts the policy answered, or leaked on: its own refusal as chosen
-        anchors += [
+    if harmful_chosen == "style":  # … and harmful ones it answered or leaked on (the chosen side)
+        to_style += [
             by_id[k]
             for k, r in greedy_by.items()
             if r.kind == "harmful" and (r.label != "refusal" or any(s.label != "refusal" for s in sampled.get(k, [])))
         ]
-    styled = style_refusals(ck, anchors, sc, cache, judge) if anchors else {}
+    styled = style_refusals(ck, to_style, sc, cache, judge) if to_style else {}
     reference: dict[tuple[str, str], EvalRecord] = {}
     over = [by_id[k] for k, r in greedy_by.items() if r.kind == "benign" and r.label != "compliance"]
     ref_name = cfg.get("reference") or ("base" if str(cfg.policy) != "base" else None)
