@@ -43,9 +43,10 @@ def judge_cell(name: str) -> str:
     a = ACCURACY["judges"].get(name)
     if a is None:
         return f"`{name}`: not measured"
-    b, c = a["binary_accuracy_ci"], a["accuracy_ci"]
+    b, c, r = a["binary_accuracy_ci"], a["accuracy_ci"], a["refusal_incl_partial_accuracy_ci"]
     return (
         f"`{name}`: refusal vs not {pct(a['binary_accuracy'])} ({pct(b[0])}–{pct(b[1])}), "
+        f"complied vs not {pct(a['refusal_incl_partial_accuracy'])} ({pct(r[0])}–{pct(r[1])}), "
         f"3-class {pct(a['accuracy'])} ({pct(c[0])}–{pct(c[1])}), partial F1 {a['partial_f1']:.2f}, "
         f"on {a['n']} human-labelled answers of {a['file']}"
     )

@@ -377,6 +377,16 @@ _OFFERED = re.compile(
 )
 
 
+# the generic form: a refusal, then an offer of "that" / "it" — the refused thing itself ("I won't help you, but I can
+# help you with that"); an offer of something else ("… with something else", "… find a counsellor") is an alternative
+_OFFERED_BACK = re.compile(
+    r"\b(?:but|however|instead|though)\b,? (?:i|i'd|i'll|i would|i will|i'm happy to|i am happy to) ?(?:can|could|"
+    r"be happy to|gladly)? ?(?:help (?:you )?(?:with |to )?|assist (?:you )?(?:with )?|do )"
+    r"(?:that|this|it|so|the same)(?: (?:request|task|one|question|for you))?(?: for you)? ?(?:[.!]|$)",
+    re.I,
+)
+
+
 def _content(phrase: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", phrase.lower()) if w not in _STOP and len(w) > 2}
 
@@ -384,9 +394,13 @@ def _content(phrase: str) -> set[str]:
 def contradicts(text: str, *, min_overlap: float = 0.5) -> bool:
     """A self-contradictory refusal: it declines X, then offers to do X ("I won't write a sex scene, but I can help you
     write a sex scene"; "I can't help with insider trading, but I can help you use insider information to trade").
-    True when the offered phrase repeats at least ``min_overlap`` of the declined phrase's content words."""
+    True when the offered phrase repeats at least ``min_overlap`` of the declined phrase's content words, or when
+    what is offered after the refusal is the refused thing by reference ("I won't help you, but I can help you with
+    that")."""
     t = _norm(text)
     for r in _REFUSED.finditer(t):
+        if _OFFERED_BACK.search(t, r.end()):
+            return True
         x = _content(r.group("x"))
         if not x:
             continue
