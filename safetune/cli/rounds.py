@@ -25,6 +25,7 @@ from safetune.cli.console import console, print_metrics
 from safetune.cli.errors import guarded, strip_debug
 from safetune.core.config import ConfigError, iter_targets
 from safetune.core.hub import HUB_ENV, hub_reachable
+from safetune.core.memory import release_memory
 from safetune.core.runs import timestamp, write_json
 from safetune.data.io import is_local
 
@@ -189,19 +190,6 @@ def main(default_rounds: int = 2) -> None:
     metrics, artifacts = guarded(lambda: run_rounds(args, out_root, rounds))
     console.print(Path(artifacts["compare_md"]).read_text())
     print_metrics("demo", metrics, {"demo directory": artifacts["root"], "comparison": artifacts["compare_md"]})
-
-
-def release_memory() -> None:
-    """Between stages: collect the previous stage's objects and hand the freed heap back to the OS (glibc's
-    ``malloc_trim``), so the next stage does not stack its working set on top of the last one's leftovers."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def peak_rss_mb() -> float:

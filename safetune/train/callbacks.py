@@ -13,6 +13,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from safetune.core.errors import InputError
+from safetune.core.memory import release_memory
 from safetune.core.schema import EvalRecord
 from safetune.eval.checkpoints import LoadedCheckpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings
@@ -89,6 +90,22 @@ class CompleteCheckpointCallback(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
             mark_complete(ckpt)
+
+
+class ReleaseMemoryCallback(TrainerCallback):
+    """Every ``every_n_steps`` optimizer steps, collect garbage and hand the heap's free pages back to the OS
+    (core/memory.py). A step leaves tensors in reference cycles that only Python's full collection frees, and with
+    ~700k live objects that collection runs rarely; meanwhile the heap grows and fragments. On the demo's training
+    this holds memory flat (2.4 GB after 120 steps, instead of 3.3 GB and rising) for ~0.1 s per collection."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = int(every_n_steps)
+        self.releases = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.every_n_steps > 0 and state.global_step % self.every_n_steps == 0:
+            release_memory()
+            self.releases += 1
 
 
 class SafetyEvalCallback(TrainerCallback):

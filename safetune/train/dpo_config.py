@@ -58,6 +58,9 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "(core/compiling.py). transformers' own torch_compile field compiles the whole model without the fallback.",
     "compile_options": "Keyword arguments for torch.compile with trainer.compile (backend, mode, dynamic, fullgraph, "
     "options); dynamic defaults to true so new batch shapes do not recompile.",
+    "release_memory_every": "Every N optimizer steps collect garbage and hand the heap's free pages back to the OS "
+    "(gc.collect + glibc malloc_trim; core/memory.py): tensors caught in reference cycles wait for Python's rare "
+    "full collection, and a long CPU run's memory creeps up without it. 0 or null: never.",
 }
 
 
@@ -74,6 +77,12 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
         flag = out.get(name)
         if flag is not None and not isinstance(flag, bool):
             raise ConfigError(f"trainer.{name} must be true or false; got {flag!r}.")
+    every = out.get("release_memory_every")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise ConfigError(
+            f"trainer.release_memory_every must be a whole number >= 0 or null; got {every!r}.",
+            hint="e.g. trainer.release_memory_every=10 (0 or null turns it off)",
+        )
     options = out.get("compile_options")
     if options is not None and not isinstance(options, dict):
         raise ConfigError(f"trainer.compile_options must be a mapping of torch.compile arguments; got {options!r}.")

@@ -141,6 +141,7 @@ def make_trainer_class():
             cast_frozen_weights: bool | None = None,
             compile: str | None = None,
             compile_options: dict[str, Any] | None = None,
+            release_memory_every: int | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
@@ -159,6 +160,10 @@ def make_trainer_class():
             # before DPOTrainer.__init__ (the reference pass runs there); PEFT wraps the compiled layers unchanged
             self.compile_state = compile_model(model, compile, compile_options or {}, "trainer.compile")
             super().__init__(*args, **kwargs)
+            if release_memory_every:
+                from safetune.train.callbacks import ReleaseMemoryCallback
+
+                self.add_callback(ReleaseMemoryCallback(release_memory_every))
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
