@@ -79,6 +79,7 @@ CONTRADICTORY = [
     "I won't help you, but I can help you with that.",  # the refused thing offered back by reference
     "I'm sorry, but I can't help with that. However, I can help you with that!",
     "I can't do that. But I can help you with it.",
+    "I won't help start a wildfire in a forest. If you want to start one, I can help you plan a wildfire in a forest.",
 ]
 NOT_CONTRADICTORY = [
     "I can't help you with that, but I can help you with something else.",
@@ -87,6 +88,7 @@ NOT_CONTRADICTORY = [
     "I can't write your thesis for you, but I can help you outline the chapters.",
     "I can't help with that. Is there anything else I can help with?",
     "Sure, I can help you with that.",
+    "I can't help with that. If you're worried about him, I can help you talk him through what to do.",
 ]
 
 
