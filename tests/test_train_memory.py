@@ -76,3 +76,55 @@ def test_bad_release_memory_every_is_a_config_error(tiny_model_dir, tiny_prefs, 
     cfg = _cfg(tiny_model_dir, tiny_prefs, tmp_path, bad)
     with pytest.raises(ConfigError, match="trainer.release_memory_every"):
         safetune_trainer_options(dict(cfg.trainer))
+
+
+def _run(code: str, env_value: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if env_value is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = env_value
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_command_line_tools_cap_the_onednn_primitive_cache_unless_the_user_set_it():
+    code = "import os, safetune.cli; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    from safetune.core.memory import ONEDNN_CACHE_CAPACITY
+
+    assert _run(code, None) == str(ONEDNN_CACHE_CAPACITY)
+    assert _run(code, "7") == "7"
+
+
+SHAPES = """
+import sys
+{setup}
+import torch
+def rss():
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) // 1024
+w = torch.randn(576, 1536, dtype=torch.{dtype})
+r0 = rss()
+for n in range(100, 1100):  # 1,000 matmul shapes, as packed training batches of every length produce
+    torch.randn(n, 576, dtype=torch.{dtype}) @ w
+print(rss() - r0)
+"""
+
+
+@pytest.mark.slow
+def test_capping_the_primitive_cache_bounds_memory_over_many_matmul_shapes():
+    from safetune.core.precision import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("no native bf16 here: training runs fp32 matmuls, which do not build oneDNN primitives")
+    dtype = "bfloat16"
+    uncapped = int(_run(SHAPES.format(setup="", dtype=dtype), None))
+    # set after torch is imported, before its first matmul, as the command-line tools do (a small cap makes the
+    # difference plain; the tools' default is ONEDNN_CACHE_CAPACITY)
+    setup = "import torch\nfrom safetune.core.memory import bound_onednn_cache\nbound_onednn_cache(16)"
+    capped = int(_run(SHAPES.format(setup=setup, dtype=dtype), None))
+    if uncapped < 300:
+        pytest.skip(f"this CPU's {dtype} matmuls cache little ({uncapped} MB over 1,000 shapes): nothing to bound")
+    assert capped < 0.75 * uncapped, (capped, uncapped)

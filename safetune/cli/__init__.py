@@ -5,3 +5,8 @@
 ``safetune-demo`` (:mod:`.demo`) and ``python -m safetune.cli.sweep`` (:mod:`.sweep`). Each composes a config,
 checks it, calls one library function returning ``(metrics, artifacts)`` and prints the result.
 """
+
+from safetune.core.memory import bound_onednn_cache as _bound_onednn_cache
+
+# before any command touches a tensor: a long run's matmul shapes would otherwise fill 1,024 cached oneDNN primitives
+_bound_onednn_cache()

@@ -6,6 +6,12 @@ model, tokenizer and dataset runs rarely. Meanwhile the CPU heap (glibc ``malloc
 training (277 steps of changing batch shapes) resident memory crept from 2.4 GB at step 40 to 4.5 GB at the end, with
 the live tensors unchanged. Collecting and then ``malloc_trim`` (which returns the heap's free pages to the OS) every
 few steps holds it flat.
+
+What is left after a stage is mostly oneDNN's primitive cache: every matmul shape a bf16 step meets (packed rows of
+every length) gets a compiled primitive, up to 1,024 of them, kept for the life of the process (~5 MB a training step
+on the demo: 1.5 GB retained after 75 steps, on top of every later stage). The command-line tools cap it at
+:data:`ONEDNN_CACHE_CAPACITY` entries (the environment variable ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` wins if set):
+1.16 GB retained, steps as fast.
 """
 
 from __future__ import annotations
@@ -13,10 +19,20 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 from functools import cache
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_CAPACITY = 128
+
+
+def bound_onednn_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> None:
+    """Cap oneDNN's primitive cache (read once, when oneDNN builds its first primitive: call before any tensor
+    work). A value already in the environment is kept."""
+    os.environ.setdefault(ONEDNN_CACHE_ENV, str(int(capacity)))
 
 
 @cache
