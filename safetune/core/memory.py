@@ -2,9 +2,9 @@
 
 A training step leaves some of its tensors in reference cycles (autograd graph nodes, hooks and closures that point
 at each other); those are freed only by Python's full garbage collection, which with the ~700k objects of a loaded
-model, tokenizer and dataset runs rarely. Meanwhile the CPU heap (glibc ``malloc``) grows and fragments: on the demo's
-training (277 steps of changing batch shapes) resident memory crept from 2.4 GB at step 40 to 4.5 GB at the end, with
-the live tensors unchanged. Collecting and then ``malloc_trim`` (which returns the heap's free pages to the OS) every
+model, tokenizer and dataset runs rarely. Meanwhile the CPU heap (glibc ``malloc``) grows and fragments: on the
+demo's training (277 steps of changing batch shapes) resident memory crept from 2.4 GB early on to 4.5 GB near the
+end, with the live tensors unchanged. Collecting and then ``malloc_trim`` (which returns the heap's free pages to the OS) every
 few steps holds it flat.
 
 What is left after a stage is mostly oneDNN's primitive cache: every matmul shape a bf16 step meets (packed rows of
@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import logging
 import os
 from functools import cache
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_CAPACITY = 128
