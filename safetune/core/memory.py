@@ -4,8 +4,8 @@ A training step leaves some of its tensors in reference cycles (autograd graph n
 at each other); those are freed only by Python's full garbage collection, which with the ~700k objects of a loaded
 model, tokenizer and dataset runs rarely. Meanwhile the CPU heap (glibc ``malloc``) grows and fragments: on the
 demo's training (277 steps of changing batch shapes) resident memory crept from 2.4 GB early on to 4.5 GB near the
-end, with the live tensors unchanged. Collecting and then ``malloc_trim`` (which returns the heap's free pages to the OS) every
-few steps holds it flat.
+end, with the live tensors unchanged. Collecting and then ``malloc_trim`` (which returns the heap's free pages to
+the OS) every few steps holds it flat.
 
 What is left after a stage is mostly oneDNN's primitive cache: every matmul shape a bf16 step meets (packed rows of
 every length) gets a compiled primitive, up to 1,024 of them, kept for the life of the process (~5 MB a training step
