@@ -61,10 +61,11 @@ def _scored(logits: torch.Tensor, encoded: tuple[list[int], int]) -> tuple[float
     """``(sum of log p, count)`` of one row's response tokens from its logits (in fp32, one row at a time: a batch's
     fp32 log-softmax over the vocabulary would be 8 x 1,024 x 49,152 x 4 bytes = 1.6 GB on SmolLM2)."""
     ids, split = encoded
-    rows = logits[split - 1 : len(ids) - 1].float()  # the positions that predict the response tokens
-    target = torch.tensor(ids[split:], device=rows.device)
+    start = max(split, 1)  # the first token has nothing to be predicted from
+    rows = logits[start - 1 : len(ids) - 1].float()  # the positions that predict the response tokens
+    target = torch.tensor(ids[start:], device=rows.device)
     logp = rows.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(rows, dim=-1)
-    return float(logp.sum()), len(ids) - split
+    return float(logp.sum()), len(ids) - start
 
 
 def response_logprobs(
