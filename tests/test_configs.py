@@ -98,7 +98,14 @@ def test_the_demo_experiment_splits_into_stage_deltas():
     # the curated set plus the on-policy pairs the demo synthesises first (the synthesis stage's own delta)
     targets = [s["_target_"] for s in train.data.sources]
     assert all(t.endswith("triplets.load") for t in targets[:2]) and targets[2:] == ["safetune.synth.source.load"] * 3
-    assert compose("synthesize", ["experiment=demo"]).synth.pools[2].max_rows is None  # every harmful pool prompt
+    # synthesis answers a seeded sample of each pool, large enough for the pairs training draws from it
+    pools = {p.name: p.max_rows for p in compose("synthesize", ["experiment=demo"]).synth.pools}
+    drawn = {"harmful": 0, "lookalikes": 0, "ordinary": 0}
+    for s in train.data.sources[2:]:
+        for pool in s.get("pools") or (["harmful"] if "harmful_complied" in s.rules else []):
+            drawn[pool] += s.max_rows
+    assert drawn == {"harmful": 250, "lookalikes": 250, "ordinary": 100}
+    assert all(pools[k] >= 1.2 * n for k, n in drawn.items()), (pools, drawn)
     assert ev.limit_per_group is None and ev.generation.max_new_tokens == 40 and ev.generation.batch_size == 128
     assert "trainer" not in ev and "generation" not in train
 
