@@ -153,9 +153,10 @@ def test_dpo_training_compiled_matches_eager_and_really_runs_compiled(tiny_model
 def test_demo_setting_compiled_on_the_embedded_model(embedded_model_dir, tmp_path, monkeypatch):
     """SmolLM2, LoRA on the top 10 layers, in-step reference on the shared trunk, packed batches, bf16 autocast — the
     demo's training — with compiled decoder layers: the trunk still works and the losses stay within bf16's own
-    error. Measured: the compiled bf16 step-1 loss lies within 0.005 of fp32's, eager bf16's 0.06 from it (inductor
-    keeps fused elementwise chains in fp32 where eager autocast rounds after each op), so the compiled run is compared
-    with fp32 tightly and with eager bf16 at bf16's tolerance."""
+    error. Measured: on a Xeon with AMX the compiled bf16 step-1 loss lies within 0.005 of fp32's, eager bf16's 0.06
+    from it (inductor keeps fused elementwise chains in fp32 where eager autocast rounds after each op); on an AVX2 CPU
+    (bf16 emulated, other kernels) 0.020 and 0.033. So compiling may add no error beyond eager bf16's own (or 0.02,
+    whichever is larger), and the compiled run stays within bf16's tolerance of the eager one."""
     from peft import LoraConfig
     from torch._dynamo.utils import counters
 
@@ -194,5 +195,6 @@ def test_demo_setting_compiled_on_the_embedded_model(embedded_model_dir, tmp_pat
     assert t.compile_state.scope == "regions" and t.compile_state.fallback_reason is None
     assert counters["stats"]["unique_graphs"] >= 2  # layers with and without adapters
     assert len(losses["fp32"]) == 2
-    assert losses["bf16_compiled"][0] == pytest.approx(losses["fp32"][0], abs=0.02)
+    eager_err = abs(losses["bf16"][0] - losses["fp32"][0])
+    assert abs(losses["bf16_compiled"][0] - losses["fp32"][0]) <= max(0.02, eager_err)
     assert losses["bf16_compiled"] == pytest.approx(losses["bf16"], abs=0.1)
