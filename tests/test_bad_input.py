@@ -294,3 +294,50 @@ def test_there_are_enough_cases():
 def test_debug_switch_shows_the_traceback(tmp_path):
     code, out, _ = cli("train", "trainer.beta=abc", "--debug", cwd=tmp_path)
     assert code != 0 and "Traceback" in out and "trainer.beta" in out
+
+
+_LIGHT_CHECK = """
+import sys
+from safetune.cli.common import compose
+from safetune.core.config import ConfigError
+try:
+    compose(sys.argv[1], sys.argv[2:])
+except ConfigError as e:
+    heavy = sorted(m for m in ("torch", "transformers", "trl", "peft") if m in sys.modules)
+    print("ERROR", e, "| HEAVY", heavy)
+else:
+    print("COMPOSED")
+"""
+
+
+@pytest.mark.parametrize(
+    "config,overrides,key",
+    [
+        ("train", ["trainer.learning_rate=-1"], "trainer.learning_rate"),
+        ("train", ["trainer.beta=abc"], "trainer.beta"),
+        ("train", ["trainer.per_device_train_batch_size=0"], "trainer.per_device_train_batch_size"),
+        ("eval", ["generation.max_new_tokens=0"], "generation.max_new_tokens"),
+        ("eval", ["generation.top_p=1.5"], "generation.top_p"),
+    ],
+)
+def test_value_errors_fail_before_heavy_imports(config, overrides, key):
+    """A trainer/generation value out of range is reported while composing, before torch/transformers/TRL load
+    (about a second instead of ten)."""
+    p = subprocess.run(
+        [sys.executable, "-c", _LIGHT_CHECK, config, *overrides], cwd=REPO, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "ERROR" in p.stdout and key in p.stdout, p.stdout
+    assert "HEAVY []" in p.stdout, p.stdout
+
+
+def test_early_value_check_resolves_interpolations_and_passes_good_values():
+    """Interpolated values are checked once resolved (a valid ${...} passes, a resolved bad one fails) and a good
+    config composes."""
+    run = [sys.executable, "-c", _LIGHT_CHECK, "train"]
+    ok = subprocess.run([*run, "trainer.learning_rate=${trainer.beta}"], cwd=REPO, capture_output=True, text=True)
+    assert ok.stdout.strip().endswith("COMPOSED"), ok.stdout + ok.stderr[-2000:]
+    bad = subprocess.run(
+        [*run, "trainer.beta=-0.5", "trainer.learning_rate=${trainer.beta}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert "ERROR" in bad.stdout and "trainer." in bad.stdout and "out of range" in bad.stdout, bad.stdout

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from safetune import CONF_DIR
 from safetune.cli.errors import flat_keys, guarded, strip_debug
 from safetune.core.config import check_targets
+from safetune.core.ranges import precheck_generation, precheck_trainer
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,28 @@ def rewrite_aliases(overrides: list[str]) -> list[str]:
 
 
 def check_config(cfg: Any) -> None:
-    """The checks that run right after composition, before any data or model loads."""
+    """The checks that run right after composition, before any data or model loads: the value ranges of
+    ``trainer``/``generation`` first (no heavy import: a typo fails in about a second), then every ``_target_``."""
+    for group, precheck in (("trainer", precheck_trainer), ("generation", precheck_generation)):
+        values = _resolved(cfg, group)
+        if values:
+            precheck(values)
     check_targets(cfg, CONF_DIR)
+
+
+def _resolved(cfg: Any, key: str) -> dict[str, Any]:
+    """``cfg[key]`` as a plain dict with interpolations resolved; {} when absent or not resolvable yet (missing
+    values are reported by the full checks later, with their own messages)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = cfg.get(key) if hasattr(cfg, "get") else None
+    if not isinstance(node, (DictConfig, dict)):
+        return {}
+    try:
+        plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    except Exception:  # an unresolvable interpolation or ??? value: left to the full checks
+        return {}
+    return plain if isinstance(plain, dict) else {}
 
 
 # command-line flags that are Hydra's own (help, config printing, multirun): composition is left to Hydra

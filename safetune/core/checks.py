@@ -113,3 +113,25 @@ def check_fields(
                 f"{prefix}.{key}={value!r} is out of range: expected {_range_text(rng)}.",
                 hint=f"choose {prefix}.{key} {_range_text(rng)}",
             )
+
+
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], *, prefix: str) -> None:
+    """The cheap part of :func:`check_fields`: every ranged key must hold a number inside its range.
+
+    Needs no dataclass (so no heavy import): entry points run it right after composing the config, so a typo such
+    as ``trainer.learning_rate=-1`` fails in about a second instead of after torch, transformers and TRL load.
+    """
+    for key, rng in ranges.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(
+                f"{prefix}.{key}={value!r} ({type(value).__name__}): expected a number.",
+                hint=f"set {prefix}.{key} to a number on the command line or in the config",
+            )
+        if not in_range(value, rng):
+            raise ConfigError(
+                f"{prefix}.{key}={value!r} is out of range: expected {_range_text(rng)}.",
+                hint=f"choose {prefix}.{key} {_range_text(rng)}",
+            )

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from safetune.core.checks import AT_LEAST_ONE, POSITIVE, Range, check_fields
+from safetune.core.checks import check_fields
 from safetune.core.compiling import check_compile_setting, compile_model
 from safetune.core.config import ConfigError
 from safetune.core.errors import EnvironmentProblem, InputError
 from safetune.core.precision import REQUESTS, PrecisionError, decide_for_model, weights_in
+from safetune.core.ranges import GENERATION_RANGES
 from safetune.core.schema import EvalPrompt, Generation, content_hash
 from safetune.eval.prefill import (  # noqa: F401  (re-exported: the names tests and callers know)
     CHUNK_TOKENS,
@@ -41,13 +42,6 @@ log = logging.getLogger(__name__)
 
 
 BACKENDS = ("hf", "vllm", "auto")
-GENERATION_RANGES: dict[str, Range] = {
-    "max_new_tokens": AT_LEAST_ONE,
-    "batch_size": AT_LEAST_ONE,
-    "num_samples": AT_LEAST_ONE,
-    "temperature": POSITIVE,
-    "top_p": (0, 1, False, True),
-}
 
 
 @dataclass

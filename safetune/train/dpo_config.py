@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from safetune.core.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range, check_fields
+from safetune.core.checks import check_fields
 from safetune.core.compiling import check_compile_setting
 from safetune.core.config import ConfigError
 from safetune.core.errors import SafetuneError
 from safetune.core.precision import PrecisionError, training_flags
+from safetune.core.ranges import TRAINER_RANGES
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +89,6 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"trainer.compile_options must be a mapping of torch.compile arguments; got {options!r}.")
     out["compile"], out["compile_options"] = check_compile_setting(out.get("compile"), options, "trainer.compile")
     return out
-
-
-# value ranges of DPOConfig fields that TRL/transformers check only deep inside training (if at all)
-TRAINER_RANGES: dict[str, Range] = {
-    "beta": POSITIVE,
-    "learning_rate": POSITIVE,
-    "num_train_epochs": POSITIVE,
-    "per_device_train_batch_size": AT_LEAST_ONE,
-    "per_device_eval_batch_size": AT_LEAST_ONE,
-    "gradient_accumulation_steps": AT_LEAST_ONE,
-    "max_length": AT_LEAST_ONE,
-    "precompute_ref_batch_size": AT_LEAST_ONE,
-    "warmup_steps": NON_NEGATIVE,
-    "weight_decay": NON_NEGATIVE,
-    "logging_steps": POSITIVE,
-    "save_steps": POSITIVE,
-    "save_total_limit": AT_LEAST_ONE,
-    "max_grad_norm": NON_NEGATIVE,
-    "label_smoothing": UNIT,
-    "dataloader_num_workers": NON_NEGATIVE,
-}
 
 
 def validate_trainer(trainer_cfg: dict[str, Any]) -> None:
