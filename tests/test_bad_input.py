@@ -341,3 +341,29 @@ def test_early_value_check_resolves_interpolations_and_passes_good_values():
         [*run, "trainer.beta=-0.5", "trainer.learning_rate=${trainer.beta}"], cwd=REPO, capture_output=True, text=True
     )
     assert "ERROR" in bad.stdout and "trainer." in bad.stdout and "out of range" in bad.stdout, bad.stdout
+
+
+_FINISHED_RUN_CHECK = """
+import json, sys
+from pathlib import Path
+from safetune.cli.common import compose
+from safetune.cli.train import run
+from safetune.core.errors import WorkExistsError
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True)
+(run_dir / "safetune_run.json").write_text(json.dumps({"finished": True}))
+try:
+    run(compose("train", [f"run_dir={run_dir}", *sys.argv[2:]]))
+except WorkExistsError as e:
+    heavy = sorted(m for m in ("torch", "transformers", "trl", "peft") if m in sys.modules)
+    print("REFUSED", e, "| HEAVY", heavy)
+"""
+
+
+def test_finished_run_dir_is_refused_before_heavy_imports(tmp_path):
+    """Training into a finished run directory is refused before torch/transformers/TRL load; the file is kept."""
+    p = subprocess.run(
+        [sys.executable, "-c", _FINISHED_RUN_CHECK, str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True
+    )
+    assert "REFUSED" in p.stdout and "HEAVY []" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "safetune_run.json").read_text()) == {"finished": True}

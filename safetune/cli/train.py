@@ -6,6 +6,8 @@ launcher, the per-job evaluation and the sweep summary.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from safetune.cli.common import hydra_entry
@@ -14,6 +16,8 @@ from safetune.core import runs
 
 
 def run(cfg: DictConfig) -> None:
+    if cfg.get("run_dir"):  # a finished run is refused in about a second, before the heavy imports (again in run_train)
+        runs.guard_run_dir(Path(str(cfg.run_dir)), cfg.get("resume"), bool(cfg.get("overwrite", False)))
     from safetune.train import sweep
     from safetune.train.recipe import run_train  # heavy (torch, transformers): after the config is checked
 

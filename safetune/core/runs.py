@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safetune.core.errors import WorkExistsError
+
 RUN_INFO = "safetune_run.json"
 # Whole key segments (split on . _ - and case) that name a secret; "max_new_tokens" is not "token".
 SECRET_SEGMENTS = frozenset(
@@ -102,3 +104,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     p = Path(run_dir) / RUN_INFO
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def guard_run_dir(run_dir: Path, resume: Any, overwrite: bool) -> None:
+    """Refuse to train into a finished run directory unless ``resume=auto`` (continue it) or ``overwrite=true``."""
+    if overwrite or resume not in (None, False, "", "none", "null") or not (run_dir / RUN_INFO).is_file():
+        return
+    raise WorkExistsError(
+        f"run_dir={run_dir} holds a finished run ({RUN_INFO}, adapter/, metrics.json); training into it would "
+        "overwrite that work.",
+        hint="pick another run_dir (or leave it unset for a new timestamped one), resume=auto to continue it, or "
+        "overwrite=true to replace it",
+    )

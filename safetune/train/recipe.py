@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetune.core import runs
 from safetune.core.config import to_plain
-from safetune.core.errors import InputError, MissingInputError, WorkExistsError
+from safetune.core.errors import InputError, MissingInputError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
 from safetune.core.precision import training_label
@@ -62,18 +62,6 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         cfg.get("run_dir") or _multirun_job_dir() or os.path.join(cfg.paths.runs, f"{cfg.name}-{runs.timestamp()}")
     )
     return runs.agree_on_dir(proposed)
-
-
-def guard_run_dir(run_dir: Path, resume: Any, overwrite: bool) -> None:
-    """Refuse to train into a finished run directory unless ``resume=auto`` (continue it) or ``overwrite=true``."""
-    if overwrite or resume not in (None, False, "", "none", "null") or not (run_dir / runs.RUN_INFO).is_file():
-        return
-    raise WorkExistsError(
-        f"run_dir={run_dir} holds a finished run ({runs.RUN_INFO}, adapter/, metrics.json); training into it would "
-        "overwrite that work.",
-        hint="pick another run_dir (or leave it unset for a new timestamped one), resume=auto to continue it, or "
-        "overwrite=true to replace it",
-    )
 
 
 def _multirun_job_dir() -> str | None:
@@ -116,6 +104,7 @@ def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
 
 
 to_container = to_plain  # kept for callers of the earlier name
+guard_run_dir = runs.guard_run_dir  # and of this one
 
 
 def _on_disk(ds: Any, path: Path) -> Any:
@@ -346,7 +335,7 @@ def run_train(
     set_seed(int(cfg.get("seed", 42)))  # LoRA init and data order: same seed, same run
     validate_trainer(to_plain(cfg.trainer))  # types and ranges, before any data or model loads
     run_dir = resolve_run_dir(cfg)
-    guard_run_dir(run_dir, cfg.get("resume"), bool(cfg.get("overwrite", False)))
+    runs.guard_run_dir(run_dir, cfg.get("resume"), bool(cfg.get("overwrite", False)))
     if runs.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(runs.redact(to_plain(cfg)))))
