@@ -108,11 +108,8 @@ def check_fields(
                 hint=f"set {prefix}.{key} to {_describe(tp)} on the command line or in the config",
             )
         rng = (ranges or {}).get(key)
-        if rng is not None and not in_range(value, rng):
-            raise ConfigError(
-                f"{prefix}.{key}={value!r} is out of range: expected {_range_text(rng)}.",
-                hint=f"choose {prefix}.{key} {_range_text(rng)}",
-            )
+        if rng is not None:
+            _check_range(value, rng, f"{prefix}.{key}")
 
 
 def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], *, prefix: str) -> None:
@@ -130,8 +127,11 @@ def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], *, pref
                 f"{prefix}.{key}={value!r} ({type(value).__name__}): expected a number.",
                 hint=f"set {prefix}.{key} to a number on the command line or in the config",
             )
-        if not in_range(value, rng):
-            raise ConfigError(
-                f"{prefix}.{key}={value!r} is out of range: expected {_range_text(rng)}.",
-                hint=f"choose {prefix}.{key} {_range_text(rng)}",
-            )
+        _check_range(value, rng, f"{prefix}.{key}")
+
+
+def _check_range(value: Any, rng: Range, name: str) -> None:
+    if not in_range(value, rng):
+        raise ConfigError(
+            f"{name}={value!r} is out of range: expected {_range_text(rng)}.", hint=f"choose {name} {_range_text(rng)}"
+        )
