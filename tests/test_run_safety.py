@@ -58,7 +58,7 @@ def test_no_file_of_a_run_holds_the_secret(tmp_path, tiny_model_dir, tiny_prefs)
 
 
 def test_a_finished_run_dir_is_refused_unless_resume_or_overwrite(tmp_path):
-    from safetune.train.recipe import guard_run_dir
+    from safetune.core.runs import guard_run_dir
 
     guard_run_dir(tmp_path, None, False)  # empty dir: fine
     (tmp_path / "safetune_run.json").write_text("{}")

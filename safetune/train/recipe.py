@@ -104,7 +104,6 @@ def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
 
 
 to_container = to_plain  # kept for callers of the earlier name
-guard_run_dir = runs.guard_run_dir  # and of this one
 
 
 def _on_disk(ds: Any, path: Path) -> Any:
