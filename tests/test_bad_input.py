@@ -253,7 +253,7 @@ CASES = [
         2,
         ["eval-b", "overwrite=true"],
     ),
-    ("eval-judge-group-typo", ["eval", "eval/judge=keywrd"], {}, 2, ["eval/judge", "keyword"]),
+    ("eval-judge-group-typo", ["eval", "eval/judge=keywrd"], {}, 2, ["did you mean eval/judge=keyword?"]),
     ("compare-missing-dir", ["compare", "{tmp}/nope", "{eval_a}"], {}, 2, ["nope", "evaluation"]),
     ("compare-no-shared-prompts", ["compare", "{eval_a}", "{eval_b}"], {}, 2, ["share no prompts"]),
     (
@@ -281,6 +281,8 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
     assert "Traceback" not in out, f"{name}: printed a traceback\n{out[-3000:]}"
     if code == 2:
         assert "error:" in out and "hint:" in out, out[-2000:]
+        assert "hint: run with --debug" not in out, f"{name}: the hint says nothing about the fix\n{out[-2000:]}"
+        assert "Config search path" not in out, out[-2000:]
     for text in expect:
         assert text in out, f"{name}: {text!r} not in the output\n{out[-3000:]}"
     assert seconds < 120, f"{name}: took {seconds:.0f}s (offline hub access must fail fast)"
@@ -367,3 +369,98 @@ def test_finished_run_dir_is_refused_before_heavy_imports(tmp_path):
     )
     assert "REFUSED" in p.stdout and "HEAVY []" in p.stdout, p.stdout + p.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "safetune_run.json").read_text()) == {"finished": True}
+
+
+_EARLY_REFUSAL = """
+import sys
+from safetune.cli.common import compose
+from safetune.cli.train import run
+from safetune.core.errors import SafetuneError
+try:
+    run(compose("train", sys.argv[1:]))
+except SafetuneError as e:
+    heavy = sorted(m for m in ("torch", "transformers", "trl", "peft") if m in sys.modules)
+    print("REFUSED", type(e).__name__, "|", e.message, "| HINT", e.hint, "| HEAVY", heavy)
+"""
+
+
+def _complete_checkpoint(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+    (path / ".safetune_complete").write_text("")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing", "does not exist"),
+        ("file", "is a file"),
+        ("parent", "checkpoint-4"),  # the trainer dir instead of one of its checkpoints: the error names them
+        ("interrupted", "interrupted save"),
+    ],
+)
+def test_bad_resume_path_is_refused_before_heavy_imports(tmp_path, case, expect):
+    """``resume=<path>`` that is not a complete checkpoint fails in about a second, naming the key, what it found
+    and the fix; no run directory is created."""
+    target = tmp_path / "trainer"
+    if case == "file":
+        target.write_text("not a checkpoint")
+    elif case == "parent":
+        for n in (2, 4):
+            _complete_checkpoint(target / f"checkpoint-{n}")
+    elif case == "interrupted":
+        target.mkdir()
+        (target / "trainer_state.json").write_text("{}")  # no completion marker
+    run_dir = tmp_path / "new-run"
+    p = subprocess.run(
+        [sys.executable, "-c", _EARLY_REFUSAL, f"resume={target}", f"run_dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    out = p.stdout + p.stderr[-2000:]
+    assert "REFUSED MissingInputError" in p.stdout and "HEAVY []" in p.stdout, out
+    assert f"resume='{target}'" in p.stdout and expect in p.stdout and "resume=auto" in p.stdout, out
+    assert not run_dir.exists()
+
+
+def test_complete_resume_path_passes_the_early_check(tmp_path):
+    from safetune.core.runs import check_resume_path
+
+    ck = _complete_checkpoint(tmp_path / "trainer" / "checkpoint-3")
+    assert check_resume_path(str(ck)) == ck
+    assert check_resume_path("auto") is None and check_resume_path(None) is None
+
+
+@pytest.mark.parametrize("path", ["missing.jsonl", "data/*.jsonl", "emptydir"])
+def test_missing_data_file_is_refused_before_heavy_imports(tmp_path, path):
+    """A local data path that is not there fails before torch/TRL load, naming ``data.sources.N.path``; the hint
+    says where relative paths are read from; no run directory is created."""
+    (tmp_path / "emptydir").mkdir()
+    run_dir = tmp_path / "new-run"
+    p = subprocess.run(
+        [sys.executable, "-c", _EARLY_REFUSAL, "data=triplets", f"data.sources.0.path={path}", f"run_dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    out = p.stdout + p.stderr[-2000:]
+    assert "REFUSED MissingInputError" in p.stdout and "HEAVY []" in p.stdout, out
+    assert f"data.sources.0.path='{path}'" in p.stdout and str(tmp_path) in p.stdout, out
+    assert not run_dir.exists()
+
+
+def test_early_path_check_leaves_hub_ids_and_existing_files_alone(tmp_path):
+    from safetune.data.io import precheck_local_paths
+
+    good = tmp_path / "prefs.jsonl"
+    good.write_text(json.dumps(GOOD_ROW) + "\n")
+    precheck_local_paths(
+        [
+            {"_target_": "safetune.data.sources.triplets.load", "path": str(good)},
+            {"_target_": "safetune.data.sources.hh_rlhf.load", "path": "Anthropic/hh-rlhf"},  # hub: loading decides
+            {"_target_": "safetune.data.sources.triplets.load", "path": "bundled://safety_prefs"},
+            {"_target_": "safetune.synth.source.load", "path": None},  # synth_dir unset: reported by the loader
+        ]
+    )
+    from safetune.core.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match=r"data.sources.1.path='bundled://nope'"):
+        precheck_local_paths([{"path": str(good)}, {"path": "bundled://nope"}])

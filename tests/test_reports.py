@@ -45,8 +45,8 @@ def judge_cell(name: str) -> str:
         return f"`{name}`: not measured"
     b, c, r = a["binary_accuracy_ci"], a["accuracy_ci"], a["refusal_incl_partial_accuracy_ci"]
     return (
-        f"`{name}`: refusal vs not {pct(a['binary_accuracy'])} ({pct(b[0])}–{pct(b[1])}), "
-        f"complied vs not {pct(a['refusal_incl_partial_accuracy'])} ({pct(r[0])}–{pct(r[1])}), "
+        f"`{name}`: binary (complied vs not) {pct(a['refusal_incl_partial_accuracy'])} ({pct(r[0])}–{pct(r[1])}), "
+        f"strict (full refusal vs not) {pct(a['binary_accuracy'])} ({pct(b[0])}–{pct(b[1])}), "
         f"3-class {pct(a['accuracy'])} ({pct(c[0])}–{pct(c[1])}), partial F1 {a['partial_f1']:.2f}, "
         f"on {a['n']} human-labelled answers of {a['file']}"
     )
@@ -287,3 +287,19 @@ def test_judge_accuracy_file_is_reproducible_and_well_formed():
             assert fresh[key] == value, key
         else:
             assert fresh[key] == pytest.approx(value, abs=1e-9), f"{ACCURACY_FILE}: keyword {key} is not reproducible"
+
+
+def test_compare_names_tell_same_label_evaluations_apart(evals, tmp_path):
+    """Two evaluations with the same label under equally named parents (``a/r1/eval``, ``b/r1/eval``) get names
+    that differ (the shortest distinguishing path suffix), and the tables keep one column per evaluation."""
+    import shutil
+
+    from safetune.eval.compare import compare
+
+    src = evals / "sweep" / "pairs-chosen"
+    dirs = [tmp_path / "a" / "r1" / "eval", tmp_path / "b" / "r1" / "eval", tmp_path / "a" / "r2" / "eval"]
+    for d in dirs:
+        shutil.copytree(src, d)
+    cmp = compare(dirs)
+    assert cmp["names"] == ["pairs-chosen (a/r1/eval)", "pairs-chosen (b/r1/eval)", "pairs-chosen (a/r2/eval)"]
+    assert compare([dirs[0], evals / "base"])["names"][0] == "pairs-chosen"  # unique labels stay as they are

@@ -59,13 +59,13 @@ def check_config(cfg: Any) -> None:
     """The checks that run right after composition, before any data or model loads: the value ranges of
     ``trainer``/``generation`` first (no heavy import: a typo fails in about a second), then every ``_target_``."""
     for group, precheck in (("trainer", precheck_trainer), ("generation", precheck_generation)):
-        values = _resolved(cfg, group)
+        values = resolved(cfg, group)
         if values:
             precheck(values)
     check_targets(cfg, CONF_DIR)
 
 
-def _resolved(cfg: Any, key: str) -> dict[str, Any]:
+def resolved(cfg: Any, key: str) -> dict[str, Any]:
     """``cfg[key]`` as a plain dict with interpolations resolved; {} when absent or not resolvable yet (missing
     values are reported by the full checks later, with their own messages)."""
     from omegaconf import DictConfig, OmegaConf

@@ -78,6 +78,13 @@ def _config_hint(message: str, known_keys: list[str] | None) -> str:
         return "set it on the command line, e.g. key=value (the config marks it ??? = required)"
     if "Environment variable" in message:
         return "set that environment variable to a local file (or pass the path as an override)"
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    if missing and "Available options" in message:
+        group, name = missing.groups()
+        options = re.findall(r"^\s+(\S+)\s*$", message.split("Available options", 1)[1], flags=re.M)
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+        guess = f"did you mean {group}={close[0]}? " if close else ""
+        return f"{guess}pick one of the options listed, or add conf/{group}/{name}.yaml (a config of your own)"
     return "run with --debug for the full traceback"
 
 
@@ -91,13 +98,14 @@ def print_error(e: BaseException, known_keys: list[str] | None = None) -> None:
     """``error: <message>`` and ``hint: <what to do>`` on stderr."""
     full_key = getattr(e, "full_key", None)
     if isinstance(e, SafetuneError):
-        message, hint = e.message, e.hint or "run with --debug for the full traceback"
+        message, hint = e.message, e.hint or "run with --debug for the full traceback"  # hint: the class's default
     elif isinstance(e, MissingMandatoryValue) and full_key:
         key = re.sub(r"\[(\d+)\]", r".\1", str(full_key))
         message = f"{key} has no value: the config marks it ??? (required)."
         hint = f"set it on the command line: {key}=..."
     else:
-        message = _first_lines(str(e), 14 if "Available options" in str(e) else 4)
+        text = str(e).split("\nConfig search path")[0]  # Hydra's search path says nothing a user can act on
+        message = _first_lines(text, 40 if "Available options" in text else 4)
         hint = _config_hint(str(e), known_keys)
     _stderr.print(f"[bold red]error:[/] {escape(message)}")
     _stderr.print(f"[yellow]hint:[/] {escape(hint)}")

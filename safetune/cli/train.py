@@ -10,14 +10,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from safetune.cli.common import hydra_entry
+from safetune.cli.common import hydra_entry, resolved
 from safetune.cli.console import print_metrics, print_preflight
 from safetune.core import runs
+from safetune.data.io import precheck_local_paths
 
 
 def run(cfg: DictConfig) -> None:
     if cfg.get("run_dir"):  # a finished run is refused in about a second, before the heavy imports (again in run_train)
         runs.guard_run_dir(Path(str(cfg.run_dir)), cfg.get("resume"), bool(cfg.get("overwrite", False)))
+    runs.check_resume_path(cfg.get("resume"))  # a bad resume path, too
+    precheck_local_paths(resolved(cfg, "data").get("sources"))  # and a data file that is not there
     from safetune.train import sweep
     from safetune.train.recipe import run_train  # heavy (torch, transformers): after the config is checked
 

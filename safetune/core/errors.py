@@ -33,14 +33,22 @@ class SafetuneError(Exception):
 class InputError(SafetuneError, ValueError):
     """A value the user gave (a config key, an option, a row) is invalid."""
 
+    hint = "fix the value named above (`<command> --cfg job` prints the composed config with every key)"
+
 
 class MissingInputError(SafetuneError, FileNotFoundError):
     """A file or directory the user named does not exist or is not what it should be."""
+
+    hint = "check the path (relative paths are read from the directory the command runs in; `ls` it)"
 
 
 class EnvironmentProblem(SafetuneError, RuntimeError):
     """Something the machine lacks: the hub is unreachable, a package or a GPU is missing."""
 
+    hint = "install what is named above, or use local files (`--debug` shows where it failed)"
+
 
 class WorkExistsError(SafetuneError, FileExistsError):
     """The output directory holds finished work that this command would overwrite."""
+
+    hint = "pick another output directory, or overwrite=true to replace the finished work"

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safetune.core.errors import WorkExistsError
+from safetune.core.errors import MissingInputError, WorkExistsError
 
 RUN_INFO = "safetune_run.json"
+COMPLETE_MARKER = ".safetune_complete"  # written last into a trainer checkpoint: it is whole
+NO_RESUME = (None, False, "", "none", "null")
 # Whole key segments (split on . _ - and case) that name a secret; "max_new_tokens" is not "token".
 SECRET_SEGMENTS = frozenset(
     {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
@@ -108,11 +110,44 @@ def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def guard_run_dir(run_dir: Path, resume: Any, overwrite: bool) -> None:
     """Refuse to train into a finished run directory unless ``resume=auto`` (continue it) or ``overwrite=true``."""
-    if overwrite or resume not in (None, False, "", "none", "null") or not (run_dir / RUN_INFO).is_file():
+    if overwrite or resume not in NO_RESUME or not (run_dir / RUN_INFO).is_file():
         return
     raise WorkExistsError(
         f"run_dir={run_dir} holds a finished run ({RUN_INFO}, adapter/, metrics.json); training into it would "
         "overwrite that work.",
         hint="pick another run_dir (or leave it unset for a new timestamped one), resume=auto to continue it, or "
         "overwrite=true to replace it",
+    )
+
+
+def is_complete(checkpoint_dir: Path) -> bool:
+    """A trainer checkpoint that was fully written (the completion marker and ``trainer_state.json``)."""
+    return (checkpoint_dir / COMPLETE_MARKER).is_file() and (checkpoint_dir / "trainer_state.json").is_file()
+
+
+def check_resume_path(resume: Any) -> Path | None:
+    """``resume=<path>`` must name a complete checkpoint; ``null``/``auto`` pass (``auto`` is decided later).
+
+    Needs no heavy import, so ``safetune-train`` refuses a bad path in about a second, before any work."""
+    if resume in NO_RESUME or resume == "auto":
+        return None
+    p = Path(str(resume)).expanduser()
+    if is_complete(p):
+        return p
+    if not p.exists():
+        got = "it does not exist"
+    elif not p.is_dir():
+        got = "it is a file, not a checkpoint directory"
+    else:
+        found = sorted(c.name for c in p.glob("checkpoint-*") if is_complete(c))
+        got = (
+            f"it is a directory holding complete checkpoints ({', '.join(found[-3:])}), not one of them"
+            if found
+            else "the directory has no trainer_state.json or no completion marker (an interrupted save)"
+        )
+    raise MissingInputError(
+        f"resume={resume!r}: expected a complete trainer checkpoint (checkpoint-N with trainer_state.json and the "
+        f"{COMPLETE_MARKER} marker), but {got}.",
+        hint="pass <run_dir>/trainer/checkpoint-N, or resume=auto with run_dir=<the run> to continue from its newest "
+        "complete checkpoint",
     )

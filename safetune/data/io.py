@@ -128,6 +128,37 @@ def is_local(path: str) -> bool:
     )
 
 
+# the loaders that read ``path`` through :func:`iter_rows` (so a local path must exist before anything runs)
+PATH_READERS = frozenset(
+    {
+        "safetune.data.sources.triplets.load",
+        "safetune.data.sources.pku_saferlhf.load",
+        "safetune.data.sources.hh_rlhf.load",
+    }
+)
+
+
+def precheck_local_paths(sources: Any, key: str = "data.sources") -> None:
+    """Every local file, directory or glob named by a source's ``path`` exists (hub ids are left to loading).
+
+    Run right after composing, before the heavy imports: a typo in a path fails in about a second, naming the
+    config key, and no run directory is created for a run that cannot start."""
+    for index, src in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(src, dict) or src.get("_target_", "safetune.data.sources.triplets.load") not in PATH_READERS:
+            continue
+        path = src.get("path")
+        if not isinstance(path, str) or not path.strip() or path == "???" or not is_local(path):
+            continue
+        try:
+            resolve_local(path)
+        except MissingInputError as e:
+            raise MissingInputError(
+                f"{key}.{index}.path={path!r} ({src.get('name') or 'source'}): {e.message}",
+                hint=f"fix {key}.{index}.path (relative paths are read from the directory you launch from: "
+                f"{Path.cwd()}), or use a hub dataset id",
+            ) from None
+
+
 BadRows = list[tuple[str, str]]
 
 

@@ -45,7 +45,12 @@ def expand_eval_dirs(paths: list[str]) -> list[Path]:
                 raise MissingInputError(f"{p} holds no evaluation (no results.json below it).")
             out.extend(found)
         else:
-            raise MissingInputError(f"{p} is not an evaluation directory.")
+            what = "is a file" if p.exists() else "does not exist"
+            raise MissingInputError(
+                f"evals: {p} {what}; expected an evaluation directory (written by safetune-eval, holding results.json "
+                "and verdicts.jsonl) or a directory above several.",
+                hint="pass the out_dir of each safetune-eval run (e.g. runs/<name>/eval-tuned), first the baseline",
+            )
     return out
 
 
@@ -225,6 +230,27 @@ def check_overlap(verdicts: list[list[EvalRecord]], names: list[str]) -> list[di
     return out
 
 
+def distinct_names(names: list[str], dirs: list[Path]) -> list[str]:
+    """Names that tell the evaluations apart: a repeated name gets the shortest path suffix that is unique among
+    the evaluations sharing it (``run (seed1/eval-tuned)``, ``run (seed2/eval-tuned)``); the same directory given
+    twice gets ``#2``, ``#3``."""
+    out = list(names)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        if len(idx) < 2:
+            continue
+        parts = [Path(dirs[i]).resolve().parts[1:] for i in idx]  # without the root
+        depth = max(len(p) for p in parts)
+        for k in range(1, depth + 1):
+            tails = ["/".join(p[-k:]) for p in parts]
+            if len(set(tails)) == len(tails) or k == depth:
+                break
+        for j, (i, tail) in enumerate(zip(idx, tails)):
+            repeat = tails[:j].count(tail)
+            out[i] = f"{name} ({tail})" + (f" #{repeat + 1}" if repeat else "")
+    return out
+
+
 def compare(
     eval_dirs: list[str | Path],
     labels: list[str] | None = None,
@@ -238,8 +264,7 @@ def compare(
         raise InputError(f"safetune-compare needs at least two evaluations, got {len(dirs)}.")
     results = [load_results(d) for d in dirs]
     names = labels or [r["meta"].get("label") or d.name for r, d in zip(results, dirs)]
-    if len(set(names)) < len(names):
-        names = [f"{n} ({d.parent.name}/{d.name})" for n, d in zip(names, dirs)]
+    names = distinct_names(names, dirs)
     verdicts = [load_verdicts(d) for d in dirs]
     if human_labels:
         for res, recs in zip(results, verdicts):

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from safetune.core.errors import InputError
 from safetune.core.memory import release_memory
+from safetune.core.runs import COMPLETE_MARKER, is_complete
 from safetune.core.schema import EvalRecord
 from safetune.eval.checkpoints import LoadedCheckpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings
@@ -24,7 +25,6 @@ from safetune.eval.suites import load_suites
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = ".safetune_complete"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -54,10 +54,6 @@ def mark_complete(checkpoint_dir: Path) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, checkpoint_dir / COMPLETE_MARKER)
     _fsync_dir(checkpoint_dir)
-
-
-def is_complete(checkpoint_dir: Path) -> bool:
-    return (checkpoint_dir / COMPLETE_MARKER).is_file() and (checkpoint_dir / "trainer_state.json").is_file()
 
 
 def last_complete_checkpoint(trainer_dir: str | os.PathLike[str], quarantine: bool = True) -> Path | None:

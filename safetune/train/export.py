@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class ExportError(SafetuneError, RuntimeError):
     """The run directory cannot be exported; the message says what is missing."""
 
+    hint = "export a finished run: run_dir=<the directory safetune-train printed at its end>"
+
 
 def latest_eval(run_dir: Path, eval_dir: str | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The given eval dir, else the newest results.json under the run dir."""
@@ -103,7 +105,11 @@ def export_run(
     run_dir = Path(run_dir)
     info = runs.read_run_info(run_dir)
     if info is None:
-        raise ExportError(f"{run_dir} has no {runs.RUN_INFO}; expected a run directory written by safetune-train.")
+        what = f"has no {runs.RUN_INFO}" if run_dir.is_dir() else "does not exist"
+        raise ExportError(
+            f"run_dir={run_dir} {what}; expected a run directory written by safetune-train (with {runs.RUN_INFO}).",
+            hint="pass run_dir=<the directory safetune-train printed at its end> (runs/<name>-<time> by default)",
+        )
     weights_dir = run_dir / info.get("adapter", "adapter")
     out = Path(out_dir) if out_dir else run_dir / "merged"
     spec = ModelSpec.from_cfg(info["model"])

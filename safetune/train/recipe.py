@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetune.core import runs
 from safetune.core.config import to_plain
-from safetune.core.errors import InputError, MissingInputError
+from safetune.core.errors import InputError
 from safetune.core.formatting import ChatFormatter
 from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
 from safetune.core.precision import training_label
@@ -46,7 +46,6 @@ from safetune.data.validate import enforce_valid
 from safetune.train.callbacks import (
     CompleteCheckpointCallback,
     SafetyEvalCallback,
-    is_complete,
     last_complete_checkpoint,
 )
 from safetune.train.dpo_config import SanityCheck, build_dpo_config, safetune_trainer_options, validate_trainer
@@ -84,7 +83,7 @@ def hydra_overrides() -> list[str]:
 
 def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
     """``null``/false: fresh; ``auto``: newest complete checkpoint if any; a path: that checkpoint (must be complete)."""
-    if resume in (None, False, "", "none", "null"):
+    if resume in runs.NO_RESUME:
         return None
     if resume == "auto":
         ck = last_complete_checkpoint(trainer_dir) if runs.is_main_process() else None
@@ -94,12 +93,7 @@ def resolve_resume(resume: Any, trainer_dir: Path) -> str | None:
             return None
         log.info("resume=auto: continuing from %s", found)
         return str(found)
-    p = Path(str(resume))
-    if not is_complete(p):
-        raise MissingInputError(
-            f"resume={resume!r}: not a complete checkpoint directory (expected checkpoint-N with trainer_state.json "
-            "and the .safetune_complete marker). Use resume=auto to pick the newest complete one."
-        )
+    p = runs.check_resume_path(resume)
     return str(p)
 
 

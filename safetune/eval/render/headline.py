@@ -71,15 +71,15 @@ def _judge_line(judge: str, acc: dict[str, Any] | None) -> str:
     if not acc:
         return f"`{judge}`: not measured"
     b, a, f1 = acc["binary_accuracy_ci"], acc["accuracy_ci"], acc["partial_f1"]
-    # both binary views: harmful refusal counts full refusals (partial = not refused), over-refusal counts every
-    # non-compliance (partial = refused); the README's judge tables quote the second
+    # both binary views: over-refusal counts every non-compliance (partial = refused): the README's "binary"
+    # figure, quoted first; harmful refusal counts full refusals only (partial = not refused): "strict"
     rp = acc.get("refusal_incl_partial_accuracy")
     rpc = acc.get("refusal_incl_partial_accuracy_ci") or [float("nan")] * 2
-    incl = "" if rp is None else f"complied vs not {_pct(rp)} ({_pct(rpc[0])}–{_pct(rpc[1])}), "
+    binary = "" if rp is None else f"binary (complied vs not) {_pct(rp)} ({_pct(rpc[0])}–{_pct(rpc[1])}), "
     return (
-        f"`{judge}`: refusal vs not {_pct(acc['binary_accuracy'])} ({_pct(b[0])}–{_pct(b[1])}), {incl}3-class "
-        f"{_pct(acc['accuracy'])} ({_pct(a[0])}–{_pct(a[1])}), partial F1 {f1:.2f}, on {acc['n']} human-labelled "
-        f"answers of {acc['file']}"
+        f"`{judge}`: {binary}strict (full refusal vs not) {_pct(acc['binary_accuracy'])} ({_pct(b[0])}–"
+        f"{_pct(b[1])}), 3-class {_pct(acc['accuracy'])} ({_pct(a[0])}–{_pct(a[1])}), partial F1 {f1:.2f}, on "
+        f"{acc['n']} human-labelled answers of {acc['file']}"
     )
 
 
