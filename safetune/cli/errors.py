@@ -98,7 +98,8 @@ def print_error(e: BaseException, known_keys: list[str] | None = None) -> None:
     """``error: <message>`` and ``hint: <what to do>`` on stderr."""
     full_key = getattr(e, "full_key", None)
     if isinstance(e, SafetuneError):
-        message, hint = e.message, e.hint or "run with --debug for the full traceback"  # hint: the class's default
+        # e.hint: the raise site's own, else its class's default
+        message, hint = e.message, e.hint or "run with --debug for the full traceback"
     elif isinstance(e, MissingMandatoryValue) and full_key:
         key = re.sub(r"\[(\d+)\]", r".\1", str(full_key))
         message = f"{key} has no value: the config marks it ??? (required)."
