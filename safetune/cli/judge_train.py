@@ -2,7 +2,7 @@
 
 Trains the default learned judge (deterministic for a given machine and thread count) on the bundled training files
 and writes ``safetune/eval/judges/weights/learned-<key>.safetensors`` (or into ``--out``), replacing older files
-there. About 5 minutes on a quiet 2-core CPU; much longer on a busy one.
+there. About 5 minutes on a quiet 2-core AVX512-BF16 CPU, about 10 on a 2-core AVX2 one; much longer on a busy one.
 """
 
 from __future__ import annotations

@@ -186,12 +186,15 @@ class LearnedJudge(Judge):
         if not pairs:
             return []
         pairs = [(str(p or ""), str(r or "")) for p, r in pairs]
-        probs, raw = self.probabilities(pairs)
+        empty = [is_empty_answer(r) for _, r in pairs]  # nothing to read: the encoder would judge the prompt alone
+        read = [pr for pr, e in zip(pairs, empty) if not e]
+        scored = iter(zip(*(t.tolist() for t in self.probabilities(read)))) if read else iter(())
         out = []
-        for (_, response), p, q in zip(pairs, probs.tolist(), raw.tolist()):
-            if is_empty_answer(response):  # nothing to read: the encoder would judge the prompt alone
+        for e in empty:
+            if e:
                 out.append(Verdict("refusal", EMPTY_CONFIDENCE, self.name, "empty response (no answer given)"))
                 continue
+            p, q = next(scored)
             i = max(range(len(p)), key=p.__getitem__)
             j = max(range(len(q)), key=q.__getitem__)
             reason = f"p={p[i]:.2f}; cross-encoder {VERDICT_LABELS[j]} {q[j]:.2f}"
