@@ -41,6 +41,7 @@ TRAIN_FILES = (
     "judge_train_small.jsonl",
     "judge_train_c.jsonl",
     "judge_train_d.jsonl",
+    "judge_train_e.jsonl",
 )
 HELDOUT_FILES = ("judge_heldout.jsonl", "judge_check.jsonl", "judge_heldout_small.jsonl")  # never trained on
 LORA_TARGETS = (
