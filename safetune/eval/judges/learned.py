@@ -195,7 +195,10 @@ class LearnedJudge(Judge):
         pairs = [(str(p or ""), str(r or "")) for p, r in pairs]
         empty = [is_empty_answer(r) for _, r in pairs]  # nothing to read: the encoder would judge the prompt alone
         read = [pr for pr, e in zip(pairs, empty) if not e]
-        scored = iter(zip(*(t.tolist() for t in self.probabilities(read)))) if read else iter(())
+        scored: Any = iter(())
+        if read:
+            probs, raw = self.probabilities(read)
+            scored = zip(probs.tolist(), raw.tolist())
         out = []
         for e in empty:
             if e:
