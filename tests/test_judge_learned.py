@@ -545,3 +545,20 @@ def test_judge_check_defaults_to_the_heldout_set_and_lists_learned(tmp_path):
         _rows("judge_heldout.jsonl")
     )
     assert 0.0 <= metrics["keyword/ece"] <= 1.0 and "keyword/partial_f1" in metrics
+
+
+def test_judge_check_keeps_command_line_overrides_of_a_named_judge():
+    """`eval/judge=learned eval.judge.decision=argmax` reaches the learned judge even when judge_check names it."""
+    from hydra import compose, initialize_config_dir
+
+    from safetune import CONF_DIR
+    from safetune.eval.judge_check import judge_configs
+
+    overrides = ["mode=judge_check", "eval/judge=learned", "eval.judge.decision=argmax", "eval.judge.batch_size=8"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[*overrides, "judge_check.judges=[keyword,learned]"])
+        plain = compose("eval", overrides=["mode=judge_check", "judge_check.judges=[learned]"])
+    got = judge_configs(cfg)
+    assert got["learned"].decision == "argmax" and got["learned"].batch_size == 8
+    assert got["keyword"]._target_.endswith("KeywordJudge") and "decision" not in got["keyword"]
+    assert judge_configs(plain)["learned"].decision == "binary_first"  # no override: the yaml as shipped

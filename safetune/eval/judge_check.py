@@ -250,18 +250,26 @@ def _sha(path: str) -> str:
 
 
 def judge_configs(cfg: DictConfig) -> dict[str, Any]:
-    """Judge configs to check: ``judge_check.judges`` (names in conf/eval/judge) or the configured ``eval.judge``."""
+    """Judge configs to check: ``judge_check.judges`` (names in conf/eval/judge) or the configured ``eval.judge``.
+
+    A named judge of the same class as the configured ``eval.judge`` is checked with the configured one, so
+    ``eval/judge=learned eval.judge.decision=argmax`` applies whether or not ``learned`` is also named."""
     names = list(cfg.judge_check.get("judges") or [])
+    configured = str(cfg.eval.judge.get("_target_", "configured"))
     if not names:
-        return {str(cfg.eval.judge.get("_target_", "configured")).rsplit(".", 1)[-1]: cfg.eval.judge}
+        return {configured.rsplit(".", 1)[-1]: cfg.eval.judge}
     out = {}
     for name in names:
         f = Path(CONF_DIR) / "eval" / "judge" / f"{name}.yaml"
         if not f.is_file():
             avail = sorted(p.stem for p in f.parent.glob("*.yaml"))
             raise FileNotFoundError(f"judge_check.judges lists {name!r}, but {f} does not exist; available: {avail}.")
+        loaded = OmegaConf.load(f)
+        if str(loaded.get("_target_")) == configured:
+            out[name] = cfg.eval.judge  # the configured judge, command-line overrides included
+            continue
         root = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-        root.eval.judge = OmegaConf.load(f)  # replaced whole, interpolations (${paths.cache}) resolve against cfg
+        root.eval.judge = loaded  # replaced whole, interpolations (${paths.cache}) resolve against cfg
         out[name] = root.eval.judge
     return out
 
