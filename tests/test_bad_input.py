@@ -447,6 +447,35 @@ def test_missing_data_file_is_refused_before_heavy_imports(tmp_path, path):
     assert not run_dir.exists()
 
 
+def test_missing_synthesised_pairs_are_refused_before_heavy_imports(tmp_path):
+    """A training config that reads on-policy pairs from a synth_dir that holds none fails before torch/TRL load,
+    naming the source's config key and the missing pairs file; no run directory is created."""
+    run_dir = tmp_path / "new-run"
+    missing = tmp_path / "no-synth-here"
+    p = subprocess.run(
+        [sys.executable, "-c", _EARLY_REFUSAL, "experiment=train/onpolicy", f"synth_dir={missing}", f"run_dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    out = p.stdout + p.stderr[-2000:]
+    assert "REFUSED MissingInputError" in p.stdout and "HEAVY []" in p.stdout, out
+    assert f"data.sources.1.path='{missing}'" in p.stdout and str(missing / "pairs.jsonl") in p.stdout, out
+    assert "safetune-data synthesize" in p.stdout, out
+    assert not run_dir.exists()
+
+
+def test_early_synth_check_reads_lists_and_pairs_files(tmp_path):
+    from safetune.core.errors import MissingInputError
+    from safetune.data.io import precheck_local_paths
+
+    r1, r2 = tmp_path / "round1", tmp_path / "round2"
+    r1.mkdir()
+    (r1 / "pairs.jsonl").write_text(json.dumps(GOOD_ROW) + "\n")
+    synth = "safetune.synth.source.load"
+    precheck_local_paths([{"_target_": synth, "path": str(r1)}, {"_target_": synth, "path": str(r1 / "pairs.jsonl")}])
+    with pytest.raises(MissingInputError, match=r"data.sources.0.path.1=.*round2"):
+        precheck_local_paths([{"_target_": synth, "name": "rounds", "path": [str(r1), str(r2)]}])
+
+
 def test_early_path_check_leaves_hub_ids_and_existing_files_alone(tmp_path):
     from safetune.data.io import precheck_local_paths
 

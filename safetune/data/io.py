@@ -129,6 +129,7 @@ def is_local(path: str) -> bool:
 
 
 # the loaders that read ``path`` through :func:`iter_rows` (so a local path must exist before anything runs)
+SYNTH_READER = "safetune.synth.source.load"
 PATH_READERS = frozenset(
     {
         "safetune.data.sources.triplets.load",
@@ -144,6 +145,9 @@ def precheck_local_paths(sources: Any, key: str = "data.sources") -> None:
     Run right after composing, before the heavy imports: a typo in a path fails in about a second, naming the
     config key, and no run directory is created for a run that cannot start."""
     for index, src in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(src, dict) and src.get("_target_") == SYNTH_READER:
+            _precheck_synth(src, f"{key}.{index}")
+            continue
         if not isinstance(src, dict) or src.get("_target_", "safetune.data.sources.triplets.load") not in PATH_READERS:
             continue
         path = src.get("path")
@@ -157,6 +161,24 @@ def precheck_local_paths(sources: Any, key: str = "data.sources") -> None:
                 hint=f"fix {key}.{index}.path (relative paths are read from the directory you launch from: "
                 f"{Path.cwd()}), or use a hub dataset id",
             ) from None
+
+
+def _precheck_synth(src: dict[str, Any], key: str) -> None:
+    """A synthesised-pairs source names output directories (or their pairs.jsonl) that hold pairs."""
+    from safetune.synth import pairs_file
+
+    path = src.get("path")
+    if path in (None, "", "???"):
+        return  # the loader says what to set
+    for i, p in enumerate(path if isinstance(path, list) else [path]):
+        f = pairs_file(str(p))
+        if not f.is_file():
+            where = f"{key}.path" + (f".{i}" if isinstance(path, list) else "")
+            raise MissingInputError(
+                f"{where}={str(p)!r} ({src.get('name') or 'source'}): {f} does not exist (no synthesised pairs there).",
+                hint="run `safetune-data synthesize out_dir=DIR` first and pass synth_dir=DIR (or that source's "
+                "path), or drop this source",
+            )
 
 
 BadRows = list[tuple[str, str]]

@@ -26,12 +26,12 @@ from safetune.eval.checkpoints import LoadedCheckpoint, load_checkpoint
 from safetune.eval.generate import GenerationCache, GenerationSettings
 from safetune.eval.judges import build_judge
 from safetune.eval.pipeline import score
+from safetune.synth import PAIRS
 from safetune.synth.build import Answers, Provenance, build_pairs
 from safetune.synth.pools import RefusalBank, check_disjoint, pool_coverage
 
 log = logging.getLogger(__name__)
 
-PAIRS = "pairs.jsonl"
 MANIFEST = "synth_manifest.json"
 
 

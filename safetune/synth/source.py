@@ -11,18 +11,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from safetune.core.errors import MissingInputError
 from safetune.data.io import Loaded
 from safetune.data.sources import triplets
-from safetune.synth.run import PAIRS
-
-
-def pairs_file(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.suffix == ".jsonl" else p / PAIRS
+from safetune.synth import pairs_file
 
 
 def load(
