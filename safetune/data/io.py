@@ -163,10 +163,17 @@ def precheck_local_paths(sources: Any, key: str = "data.sources") -> None:
             ) from None
 
 
+PAIRS = "pairs.jsonl"
+
+
+def pairs_file(path: str) -> Path:
+    """The pairs file of a synthesis output directory (or ``path`` itself when it names a ``.jsonl``)."""
+    p = Path(path).expanduser()
+    return p if p.suffix == ".jsonl" else p / PAIRS
+
+
 def _precheck_synth(src: dict[str, Any], key: str) -> None:
     """A synthesised-pairs source names output directories (or their pairs.jsonl) that hold pairs."""
-    from safetune.synth import pairs_file
-
     path = src.get("path")
     if path in (None, "", "???"):
         return  # the loader says what to set
