@@ -19,6 +19,8 @@ def tiny(tmp_path_factory):
     return make_tiny_model(d / "model"), write_tiny_data(d / "data.jsonl")
 
 
+# bitsandbytes warns this when a backward runs through its 4-bit inference kernel (no gradient flows there)
+@pytest.mark.filterwarnings("error:.*autograd kernel was not registered:UserWarning")
 def test_qlora_trains_lora_on_a_4bit_nf4_base(tiny, tmp_path):
     import bitsandbytes as bnb
 
@@ -46,9 +48,52 @@ def test_qlora_trains_lora_on_a_4bit_nf4_base(tiny, tmp_path):
     info = json.loads((tmp_path / "run" / "safetune_run.json").read_text())
     assert info["kind"] == "adapter" and info["model"]["load_in_4bit"] is True
     adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
-    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
-    assert lora_b and max(v.abs().max().item() for v in lora_b) > 0  # LoRA B starts at 0: training moved it
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    # LoRA B starts at 0: training moved every one of them (a layer whose gradient was cut would stay at 0)
+    assert lora_b and [k for k, v in lora_b.items() if v.abs().max().item() == 0] == []
     assert not (tmp_path / "run" / "adapter" / "training_args.bin").exists()
+
+
+def _lora_grads(model_dir, eval_pass_first: bool, keep_trainable: str) -> dict[str, torch.Tensor | None]:
+    from peft import LoraConfig, get_peft_model
+
+    from safetune.core.modeling import keep_4bit_layers_trainable
+
+    torch.manual_seed(0)
+    base = load_model(ModelSpec(name_or_path=str(model_dir), dtype="float32", load_in_4bit=True))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero B so every adapter has a gradient
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
+    if keep_trainable == "before":  # as training does: right after loading
+        keep_4bit_layers_trainable(model)
+    if eval_pass_first:  # what a reference or sanity pass before training does
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids)
+    if keep_trainable == "after":  # a model that was already evaluated (its 4-bit weights may be repacked)
+        keep_4bit_layers_trainable(model)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_4bit_layers_keep_their_gradient_after_an_eval_pass(tiny):
+    """bitsandbytes repacks 4-bit weights for an inference kernel without a backward after an eval-mode pass on
+    CPUs with AVX512-BF16; training undoes that, so every adapter gets the gradient it would have had anyway."""
+    model_dir, _ = tiny
+    clean = _lora_grads(model_dir, eval_pass_first=False, keep_trainable="no")
+    assert clean and all(g is not None for g in clean.values())
+    # as training does it: the same gradients, bit for bit
+    trained = _lora_grads(model_dir, eval_pass_first=True, keep_trainable="before")
+    assert set(trained) == set(clean) and all(torch.equal(clean[n], g) for n, g in trained.items())
+    # undone after the fact: every adapter has its gradient again (the weights' round trip through the packed
+    # layout re-quantises the nested absmax, so the values move by well under 1% of the largest)
+    repaired = _lora_grads(model_dir, eval_pass_first=True, keep_trainable="after")
+    assert [n for n, g in repaired.items() if g is None] == []
+    for n, g in clean.items():
+        assert (g - repaired[n]).abs().max() <= 0.05 * g.abs().max() + 1e-8, n
 
 
 def test_full_finetune_with_explicit_reference(tiny, tmp_path):

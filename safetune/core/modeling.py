@@ -245,6 +245,34 @@ def bnb_4bit_config(compute_dtype: torch.dtype):
     )
 
 
+def keep_4bit_layers_trainable(model: Any) -> int:
+    """Make every bitsandbytes ``Linear4bit`` of ``model`` pass gradients; returns how many layers it changed.
+
+    bitsandbytes (0.50 here) on CPUs with AVX512-BF16 repacks a 4-bit weight for a fast inference kernel the first
+    time the layer runs in eval mode without gradients (a reference or sanity pass before training does exactly
+    that), and from then on multiplies with an op that has no backward: the gradient stops there without an error
+    and the LoRA adapters below it (with the embedded model: all of them) get none. Training switches the repacking
+    off and undoes any already done; evaluation keeps the fast kernel."""
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.nn import modules as bnb_modules
+    except ImportError:
+        return 0
+    unpack = getattr(bnb_modules, "_convert_weight_packed_for_cpu_inverse", None)
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+        state = getattr(module.weight, "quant_state", None)
+        if unpack is not None and getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = unpack(module.weight.data, state)
+            module.quant_state = module.weight.quant_state
+    return changed
+
+
 def linear_leaf_names(model: Any) -> list[str]:
     """Leaf names of the decoder's linear layers (q_proj, up_proj, ...), excluding the LM head."""
     names = {

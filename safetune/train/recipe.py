@@ -39,7 +39,14 @@ from safetune.core import runs
 from safetune.core.config import to_plain
 from safetune.core.errors import InputError
 from safetune.core.formatting import ChatFormatter
-from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, lora_config, resolve_model_path
+from safetune.core.modeling import (
+    ModelSpec,
+    keep_4bit_layers_trainable,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    resolve_model_path,
+)
 from safetune.core.precision import training_label
 from safetune.data import DataBundle, build_preference_data
 from safetune.data.validate import enforce_valid
@@ -194,6 +201,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path) -> tuple[Any,
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=bool(cfg.trainer.get("gradient_checkpointing"))
         )
+        keep_4bit_layers_trainable(model)
     ref_model = None  # with LoRA the reference is the adapter-disabled base: no second copy in memory
     if peft_config is None and reference == "explicit":
         ref_model = load_model(spec, model_path)  # full fine-tuning: a frozen copy of the starting weights
