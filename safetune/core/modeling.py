@@ -251,7 +251,7 @@ def keep_4bit_layers_trainable(model: Any) -> int:
     bitsandbytes (0.50 here) on CPUs with AVX512-BF16 repacks a 4-bit weight for a fast inference kernel the first
     time the layer runs in eval mode without gradients (a reference or sanity pass before training does exactly
     that), and from then on multiplies with an op that has no backward: the gradient stops there without an error
-    and the LoRA adapters below it (with the embedded model: all of them) get none. Training switches the repacking
+    and the LoRA adapters below it get none (in a two-layer test model: every one). Training switches the repacking
     off and undoes any already done; evaluation keeps the fast kernel."""
     try:
         import bitsandbytes as bnb
