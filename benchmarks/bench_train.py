@@ -89,6 +89,11 @@ VARIANTS = [
     "safetune_compiled_bf16",
     "safetune_compiled_model_bf16",
     "safetune_top10_compiled_bf16",
+    # the same rows without the command-line tools' process settings (glibc's default allocator): *_glibc; and the
+    # plain TRL script with them: trl_plain_malloc
+    "safetune_default_glibc",
+    "safetune_as_trl_glibc",
+    "trl_plain_malloc",
 ]
 BASELINE = "trl_plain"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -296,9 +301,18 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     from safetune.core.modeling import ModelSpec, load_model, load_tokenizer, resolve_model_path
     from safetune.data import build_preference_data
 
+    variant = name
+    if name.endswith("_glibc"):
+        os.environ["SAFETUNE_MALLOC"] = "default"
+        name = name.removesuffix("_glibc")
+    if not name.startswith("trl_plain") or name.endswith("_malloc"):
+        # what every safetune command line does at start-up (safetune/cli/__init__.py): the oneDNN primitive cache
+        # capped and freed large blocks kept in the heap (safetune/core/memory.py)
+        import safetune.cli  # noqa: F401
+    name = name.removesuffix("_malloc")
     box: dict[str, Any] = {}
     _timed_train(trl.DPOTrainer, box)
-    base_cfg = compose_train(train_overrides(a, model, data_file, str(work / name)))
+    base_cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)))
     spec = ModelSpec(name_or_path=model)
     path = resolve_model_path(spec)
     tok = load_tokenizer(spec, path)
@@ -308,7 +322,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
         # The plain TRL script: same hyperparameters, TRL's defaults for everything else.
         mdl = load_model(spec, path)
         args = trl.DPOConfig(
-            output_dir=str(work / name),
+            output_dir=str(work / variant),
             per_device_train_batch_size=a.batch_size,
             max_steps=a.steps,
             max_length=a.max_length,
@@ -387,7 +401,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
                 "trainer.precompute_ref_log_probs=false",
             ],
         }[name]
-        cfg = compose_train(train_overrides(a, model, data_file, str(work / name)) + extra)
+        cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)) + extra)
         run_train(cfg)
         gc, pre = bool(cfg.trainer.gradient_checkpointing), bool(cfg.trainer.precompute_ref_log_probs)
         top = cfg.peft.get("top_layers")
@@ -399,7 +413,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     fl = flops_per_token(mdl_cfg, adapted)
     tokens, completion_tokens, repeated_prompt = count_tokens(tok, used, a.max_length)
     return {
-        "variant": name,
+        "variant": variant,
         "gradient_checkpointing": gc,
         "precompute_ref": pre,
         "top_layers": top,

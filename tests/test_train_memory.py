@@ -128,3 +128,65 @@ def test_capping_the_primitive_cache_bounds_memory_over_many_matmul_shapes():
     if uncapped < 300:
         pytest.skip(f"this CPU's {dtype} matmuls cache little ({uncapped} MB over 1,000 shapes): nothing to bound")
     assert capped < 0.75 * uncapped, (capped, uncapped)
+
+
+FAULTS = """
+import resource
+{setup}
+import torch
+torch.ones(1)
+faults = []
+for _ in range(40):  # a step's big temporaries: allocated, filled, freed, again
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 1024 * 1024)  # 64 MB
+    del t
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+print(sum(faults[20:]))  # the steady state (the heap settles within the first few blocks)
+"""
+
+
+def _run_env(code: str, **env_values: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    tuning = (
+        "SAFETUNE_MALLOC",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_MMAP_MAX_",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in tuning} | env_values
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_keeping_freed_pages_stops_large_temporaries_from_faulting_in_again():
+    from safetune.core.memory import _libc
+
+    if _libc() is None:
+        pytest.skip("malloc here is not glibc's")
+    default = int(_run_env(FAULTS.format(setup="")))
+    kept = int(_run_env(FAULTS.format(setup="from safetune.core.memory import keep_freed_pages\nkeep_freed_pages()")))
+    # 20 x 64 MB = 327,680 pages faulted in again when each block is unmapped on free; none once the heap keeps them
+    assert default > 200_000, default
+    assert kept < default / 4, (kept, default)
+    # what the command-line tools do at start-up, and how a user opts out
+    via_cli = int(_run_env(FAULTS.format(setup="import safetune.cli")))
+    opted_out = int(_run_env(FAULTS.format(setup="import safetune.cli"), SAFETUNE_MALLOC="default"))
+    assert via_cli < default / 4, (via_cli, default)
+    assert opted_out > 200_000, opted_out
+
+
+def test_the_allocator_setting_leaves_a_users_own_malloc_tuning_alone():
+    code = "from safetune.core.memory import keep_freed_pages; print(keep_freed_pages())"
+    from safetune.core.memory import _libc
+
+    if _libc() is None:
+        assert _run_env(code) == "False"
+        return
+    assert _run_env(code) == "True"
+    assert _run_env(code, MALLOC_MMAP_THRESHOLD_="1048576") == "False"
+    assert _run_env(code, SAFETUNE_MALLOC="off") == "False"

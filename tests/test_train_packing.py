@@ -205,6 +205,29 @@ def test_a_model_that_ignores_packed_positions_is_refused(fused_model, monkeypat
         leaky(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
 
 
+def test_the_first_batch_check_does_not_run_the_packed_pass_twice_without_gradients(fused_model):
+    """In the reference pass (no gradients) the check's packed forward is the call's own; a training step (with
+    gradients) still runs its own packed forward. Either way the outputs equal the padded pass's."""
+    ids, mask, labels = _batch([16, 6, 5, 4], width=16)
+    with torch.no_grad():
+        padded = fused_model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs
+    scored = labels[:, 1:] != -100
+    calls: list[int] = []
+    for grad, calls_expected in ((False, 2), (True, 3)):
+        calls.clear()
+        hook = fused_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        try:
+            wrapper = PackedForward(fused_model, 0, verify=True)
+            with torch.set_grad_enabled(grad):
+                out = wrapper(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        finally:
+            hook.remove()
+        assert wrapper.verified_max_diff is not None and not wrapper.verify
+        assert len(calls) == calls_expected, (grad, len(calls))  # padded + packed (+ the step's own packed pass)
+        assert out.log_probs.requires_grad == grad
+        assert torch.allclose(out.log_probs[scored], padded[scored], atol=1e-5)
+
+
 def test_the_first_batch_check_runs_at_the_training_precision_under_bf16_autocast(fused_model):
     """bf16 training (autocast; the shared trunk's bf16 hidden state, held 16-bit weights) is checked as it runs,
     at the 16-bit tolerance, instead of failing on fp32-vs-bf16 rounding or mixing fp32 inputs with bf16 weights."""

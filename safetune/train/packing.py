@@ -224,9 +224,11 @@ class PackedForward:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         else:
             packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
+        outputs = None
         if self.verify and plan.rows < batch:
-            self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
-        outputs = self.model(**packed, **kwargs)
+            outputs = self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
+        if outputs is None:
+            outputs = self.model(**packed, **kwargs)
         fields = {
             name: None
             if getattr(outputs, name, None) is None
@@ -250,9 +252,13 @@ class PackedForward:
         )
         return trees if cost < rival else None
 
-    def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> None:
-        """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`."""
+    def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> Any:
+        """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`.
+
+        Returns the packed pass's outputs when the caller runs without gradients (the reference pass): the check
+        computed them exactly as the call would, so they are not computed twice. Otherwise None."""
         batch, width = input_ids.shape
+        reusable = not torch.is_grad_enabled()
         device_type = input_ids.device.type
         # Under autocast (bf16 training) the inputs may already carry its rounding (the shared trunk's kept hidden
         # state), and held frozen weights are 16-bit: both passes then run as training runs them, to bf16 tolerance;
@@ -263,7 +269,8 @@ class PackedForward:
         exact = torch.autocast(device_type, enabled=False) if not low_precision else contextlib.nullcontext()
         with torch.no_grad(), exact:
             ref = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).log_probs
-            got = unpack_per_token(self.model(**packed, **kwargs).log_probs, plan, maps, batch, width)
+            outputs = self.model(**packed, **kwargs)
+            got = unpack_per_token(outputs.log_probs, plan, maps, batch, width)
         scored = labels[:, 1:] != -100
         diff = (ref - got).abs()[scored]
         worst = float(diff.max()) if diff.numel() else 0.0
@@ -277,6 +284,7 @@ class PackedForward:
                 "packed position_ids (or a shared-prompt mask) and sequences would attend to each other. Set "
                 "trainer.share_prompt=false, or trainer.pack_sequences=false."
             )
+        return outputs if reusable else None
 
 
 # ---------------------------------------------------------------- shared prompts (trainer.share_prompt)
