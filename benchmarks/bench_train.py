@@ -37,7 +37,11 @@ one after another in one invocation, on the same rows, model, batch size, max le
 * ``safetune_as_trl_bf16`` — ``safetune_as_trl`` in bf16 (TRL's settings, safetune's speed paths): the same
                           arithmetic as ``trl_plain_bf16``.
 
-Every variant except the two ``*_bf16`` rows computes in fp32, so they do the same arithmetic.
+* ``*_keep`` — the row with ``trainer.keep_freed_pages=true`` (freed large blocks stay in the heap instead of
+                          being unmapped and page-faulted in again every step); ``trl_plain_malloc`` — the plain
+                          TRL script with the same allocator setting.
+
+Every variant except the ``*bf16*`` rows computes in fp32, so they do the same arithmetic.
 
 Timed: from ``DPOTrainer.__init__`` (where TRL 1.x tokenises and runs the reference pre-pass) to the end of
 ``train()``, with an empty reference cache per variant, so precomputed reference log-probs are paid for.
@@ -89,10 +93,12 @@ VARIANTS = [
     "safetune_compiled_bf16",
     "safetune_compiled_model_bf16",
     "safetune_top10_compiled_bf16",
-    # the same rows without the command-line tools' process settings (glibc's default allocator): *_glibc; and the
-    # plain TRL script with them: trl_plain_malloc
-    "safetune_default_glibc",
-    "safetune_as_trl_glibc",
+    # trainer.keep_freed_pages=true (freed large blocks kept in the heap); trl_plain_malloc: the plain TRL script
+    # with the same allocator setting
+    "safetune_default_keep",
+    "safetune_as_trl_keep",
+    "safetune_bf16_keep",
+    "safetune_top10_compiled_bf16_keep",
     "trl_plain_malloc",
 ]
 BASELINE = "trl_plain"
@@ -302,14 +308,13 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
     from safetune.data import build_preference_data
 
     variant = name
-    if name.endswith("_glibc"):
-        os.environ["SAFETUNE_MALLOC"] = "default"
-        name = name.removesuffix("_glibc")
-    if not name.startswith("trl_plain") or name.endswith("_malloc"):
-        # what every safetune command line does at start-up (safetune/cli/__init__.py): the oneDNN primitive cache
-        # capped and freed large blocks kept in the heap (safetune/core/memory.py)
-        import safetune.cli  # noqa: F401
-    name = name.removesuffix("_malloc")
+    if name.endswith("_malloc"):  # what trainer.keep_freed_pages=true does, for the plain script
+        from safetune.core.memory import keep_freed_pages
+
+        keep_freed_pages()
+        name = name.removesuffix("_malloc")
+    keep = name.endswith("_keep")
+    name = name.removesuffix("_keep")
     box: dict[str, Any] = {}
     _timed_train(trl.DPOTrainer, box)
     base_cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)))
@@ -400,7 +405,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
                 "trainer.gradient_checkpointing=true",
                 "trainer.precompute_ref_log_probs=false",
             ],
-        }[name]
+        }[name] + (["trainer.keep_freed_pages=true"] if keep else [])
         cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)) + extra)
         run_train(cfg)
         gc, pre = bool(cfg.trainer.gradient_checkpointing), bool(cfg.trainer.precompute_ref_log_probs)
@@ -515,7 +520,7 @@ def main() -> None:
         later = sorted(r["step_s"][1:]) or r["step_s"]  # steady state: steps after the first
         r["steady_s_per_step"] = later[len(later) // 2]
         r["steady_tokens_per_s"] = r["tokens"] / max(r["steps"], 1) / r["steady_s_per_step"]
-        r["precision"] = "bf16" if r["variant"].endswith("bf16") else "fp32"
+        r["precision"] = "bf16" if "bf16" in r["variant"] else "fp32"
         r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (gflops.get(r["precision"], gflops["fp32"]) * 1e9)
         if base:
             r["speedup_vs_trl"] = r["tokens_per_s"] / (base["tokens"] / base["train_s"])

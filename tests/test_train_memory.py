@@ -173,11 +173,38 @@ def test_keeping_freed_pages_stops_large_temporaries_from_faulting_in_again():
     # 20 x 64 MB = 327,680 pages faulted in again when each block is unmapped on free; none once the heap keeps them
     assert default > 200_000, default
     assert kept < default / 4, (kept, default)
-    # what the command-line tools do at start-up, and how a user opts out
-    via_cli = int(_run_env(FAULTS.format(setup="import safetune.cli")))
-    opted_out = int(_run_env(FAULTS.format(setup="import safetune.cli"), SAFETUNE_MALLOC="default"))
-    assert via_cli < default / 4, (via_cli, default)
+    opted_out = int(
+        _run_env(
+            FAULTS.format(setup="from safetune.core.memory import keep_freed_pages\nkeep_freed_pages()"),
+            SAFETUNE_MALLOC="default",
+        )
+    )
     assert opted_out > 200_000, opted_out
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_trainer_keep_freed_pages_applies_the_allocator_setting_before_training(
+    tiny_model_dir, tiny_prefs, tmp_path, monkeypatch, keep
+):
+    from safetune.core import memory
+    from safetune.train.recipe import run_train
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "keep_freed_pages", lambda: calls.append(1) or True)
+    cfg = _cfg(tiny_model_dir, tiny_prefs, tmp_path, 0)
+    cfg.trainer.keep_freed_pages = keep
+    run_train(cfg)
+    assert calls == ([1] if keep else [])
+
+
+def test_bad_keep_freed_pages_is_a_config_error(tiny_model_dir, tiny_prefs, tmp_path):
+    from safetune.core.config import ConfigError
+    from safetune.train.dpo_config import safetune_trainer_options
+
+    cfg = _cfg(tiny_model_dir, tiny_prefs, tmp_path, 0)
+    cfg.trainer.keep_freed_pages = "sometimes"
+    with pytest.raises(ConfigError, match="trainer.keep_freed_pages must be true or false"):
+        safetune_trainer_options(dict(cfg.trainer))
 
 
 def test_the_allocator_setting_leaves_a_users_own_malloc_tuning_alone():

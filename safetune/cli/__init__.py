@@ -7,9 +7,6 @@ checks it, calls one library function returning ``(metrics, artifacts)`` and pri
 """
 
 from safetune.core.memory import bound_onednn_cache as _bound_onednn_cache
-from safetune.core.memory import keep_freed_pages as _keep_freed_pages
 
 # before any command touches a tensor: a long run's matmul shapes would otherwise fill 1,024 cached oneDNN primitives
 _bound_onednn_cache()
-# and freed activations stay in the heap instead of being unmapped and page-faulted in again at every step
-_keep_freed_pages()

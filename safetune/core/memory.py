@@ -14,14 +14,12 @@ on the demo: 1.5 GB retained after 75 steps, on top of every later stage). The c
 1.16 GB retained, steps as fast.
 
 The opposite problem is the heap handing memory back too eagerly. glibc serves every block above its mmap threshold
-(at most 32 MB) with a fresh ``mmap`` and returns the heap's free top to the OS above its trim threshold, so the
-large, short-lived tensors of every step (activations kept for backward, the LM head's log-softmax over a
-49k-word vocabulary) are unmapped when freed and page-faulted and zeroed again at the next step: 8 million minor
-page faults (32 GB of zeroed pages) in an 8-step benchmark of 32 pairs, and training steps 1.6x slower than with
-the pages kept. :func:`keep_freed_pages` makes the heap keep them (no ``mmap`` for large blocks, a 1 GB trim
-threshold); the periodic and between-stage :func:`release_memory` still returns what is free with
-``malloc_trim``. The command-line tools set it at start-up unless a ``MALLOC_*`` tuning variable is already set or
-``SAFETUNE_MALLOC=default``.
+(at most 32 MB) with a fresh ``mmap``, so the large, short-lived tensors of every step (activations kept for
+backward, the LM head's log-softmax over a 49k-word vocabulary) are unmapped when freed and page-faulted and zeroed
+again at the next step: 8 million minor page faults (32 GB of zeroed pages) in an 8-step fp32 benchmark of 32 pairs
+with LoRA on every layer. :func:`keep_freed_pages` (``trainer.keep_freed_pages``, off by default) makes the heap keep
+them: those steps ran 1.4-1.6x faster, but the process held ~450 MB more at its peak, and on the demo's setting
+(bf16, top layers only) nothing was faster and training peaked 500 MB higher (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -62,8 +60,9 @@ def keep_freed_pages(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20) ->
     """Keep freed large blocks in the heap instead of unmapping them (glibc ``mallopt``: ``M_MMAP_MAX=0``,
     ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), so a step's big temporaries reuse pages instead of faulting in new ones.
 
-    Returns whether it was applied: not where ``malloc`` is not glibc's, not when the environment already tunes
-    glibc (any of :data:`MALLOC_TUNING_ENV`), and not with ``SAFETUNE_MALLOC=default`` (or ``0``/``off``).
+    Process-wide and for the rest of the process (glibc cannot go back to its adaptive thresholds). Returns whether
+    it was applied: not where ``malloc`` is not glibc's, not when the environment already tunes glibc (any of
+    :data:`MALLOC_TUNING_ENV`), and not with ``SAFETUNE_MALLOC=default`` (or ``0``/``off``).
     """
     if os.environ.get(ALLOCATOR_ENV, "").strip().lower() in ("default", "0", "off", "false", "glibc"):
         return False

@@ -142,6 +142,7 @@ def make_trainer_class():
             compile: str | None = None,
             compile_options: dict[str, Any] | None = None,
             release_memory_every: int | None = None,
+            keep_freed_pages: bool | None = None,
             **kwargs: Any,
         ):
             # Set before DPOTrainer.__init__, which tokenizes the data and precomputes reference log-probs.
@@ -156,6 +157,18 @@ def make_trainer_class():
             self._safetune_sanity = sanity
             self._safetune_checked = False
             self.sanity_report: dict[str, float] = {}
+            if keep_freed_pages:  # before the reference pass, the first step with big temporaries
+                from safetune.core import memory
+
+                if memory.keep_freed_pages():
+                    log.info("keep_freed_pages: freed large blocks stay in the heap (glibc mallopt)")
+                else:
+                    log.warning(
+                        "trainer.keep_freed_pages=true has no effect here: malloc is not glibc's, the environment "
+                        "already tunes it (%s) or %s=default.",
+                        ", ".join(memory.MALLOC_TUNING_ENV),
+                        memory.ALLOCATOR_ENV,
+                    )
             model = kwargs.get("model", args[0] if args else None)
             # before DPOTrainer.__init__ (the reference pass runs there); PEFT wraps the compiled layers unchanged
             self.compile_state = compile_model(model, compile, compile_options or {}, "trainer.compile")
