@@ -37,9 +37,9 @@ one after another in one invocation, on the same rows, model, batch size, max le
 * ``safetune_as_trl_bf16`` — ``safetune_as_trl`` in bf16 (TRL's settings, safetune's speed paths): the same
                           arithmetic as ``trl_plain_bf16``.
 
-* ``*_keep`` — the row with ``trainer.keep_freed_pages=true`` (freed large blocks stay in the heap instead of
-                          being unmapped and page-faulted in again every step); ``trl_plain_malloc`` — the plain
-                          TRL script with the same allocator setting.
+* ``*_nokeep`` — the row with ``trainer.keep_freed_pages=false`` (glibc's default: freed large blocks are unmapped
+                          and page-faulted in again every step; the default keeps them in the heap);
+                          ``trl_plain_malloc`` — the plain TRL script with safetune's allocator setting.
 
 Every variant except the ``*bf16*`` rows computes in fp32, so they do the same arithmetic.
 
@@ -93,12 +93,12 @@ VARIANTS = [
     "safetune_compiled_bf16",
     "safetune_compiled_model_bf16",
     "safetune_top10_compiled_bf16",
-    # trainer.keep_freed_pages=true (freed large blocks kept in the heap); trl_plain_malloc: the plain TRL script
-    # with the same allocator setting
-    "safetune_default_keep",
-    "safetune_as_trl_keep",
-    "safetune_bf16_keep",
-    "safetune_top10_compiled_bf16_keep",
+    # trainer.keep_freed_pages=false (glibc's default allocator behaviour); trl_plain_malloc: the plain TRL script
+    # with safetune's allocator setting (what trainer.keep_freed_pages=true does)
+    "safetune_default_nokeep",
+    "safetune_as_trl_nokeep",
+    "safetune_bf16_nokeep",
+    "safetune_as_trl_bf16_nokeep",
     "trl_plain_malloc",
 ]
 BASELINE = "trl_plain"
@@ -313,8 +313,8 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
 
         keep_freed_pages()
         name = name.removesuffix("_malloc")
-    keep = name.endswith("_keep")
-    name = name.removesuffix("_keep")
+    keep = not name.endswith("_nokeep")
+    name = name.removesuffix("_nokeep")
     box: dict[str, Any] = {}
     _timed_train(trl.DPOTrainer, box)
     base_cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)))
@@ -405,7 +405,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
                 "trainer.gradient_checkpointing=true",
                 "trainer.precompute_ref_log_probs=false",
             ],
-        }[name] + (["trainer.keep_freed_pages=true"] if keep else [])
+        }[name] + ([] if keep else ["trainer.keep_freed_pages=false"])
         cfg = compose_train(train_overrides(a, model, data_file, str(work / variant)) + extra)
         run_train(cfg)
         gc, pre = bool(cfg.trainer.gradient_checkpointing), bool(cfg.trainer.precompute_ref_log_probs)

@@ -163,9 +163,9 @@ def make_trainer_class():
                 if memory.keep_freed_pages():
                     log.info("keep_freed_pages: freed large blocks stay in the heap (glibc mallopt)")
                 else:
-                    log.warning(
-                        "trainer.keep_freed_pages=true has no effect here: malloc is not glibc's, the environment "
-                        "already tunes it (%s) or %s=default.",
+                    log.info(
+                        "trainer.keep_freed_pages: left alone (malloc is not glibc's, the environment already tunes it "
+                        "(%s), or %s=default)",
                         ", ".join(memory.MALLOC_TUNING_ENV),
                         memory.ALLOCATOR_ENV,
                     )
