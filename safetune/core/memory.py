@@ -18,8 +18,8 @@ The opposite problem is the heap handing memory back too eagerly. glibc serves e
 backward, the LM head's log-softmax over a 49k-word vocabulary) are unmapped when freed and page-faulted and zeroed
 again at the next step: 8 million minor page faults (32 GB of zeroed pages) in an 8-step fp32 benchmark of 32 pairs
 with LoRA on every layer. :func:`keep_freed_pages` (``trainer.keep_freed_pages``, on by default) makes the heap keep
-them: those runs were 1.2-1.6x faster (fp32 and bf16) for 0.1-0.3 GB more peak memory; on the demo's setting (bf16, top
-layers only, compiled) nothing was faster and the demo peaked 0.4 GB higher, so the demo turns it off
+them: those runs were 1.2-1.6x faster (fp32 and bf16) for 0.1-0.3 GB more peak memory; on the demo's setting
+(bf16, top layers only, compiled) nothing was faster and the demo peaked 0.4 GB higher, so the demo turns it off
 (benchmarks/README.md).
 """
 

@@ -64,8 +64,9 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "full collection, and a long CPU run's memory creeps up without it. 0 or null: never.",
     "keep_freed_pages": "Keep freed large blocks in the process's heap (glibc mallopt; core/memory.py) instead of "
     "unmapping them, so each step's big temporaries are not page-faulted in again: 1.2-1.6x faster runs with LoRA "
-    "on every layer (fp32 and bf16) for 0.1-0.3 GB more peak memory in bench_train; no gain on the demo's top-layer setting, "
-    "where it cost 0.4 GB of peak memory. Process-wide, from the trainer's start to the end of the process.",
+    "on every layer (fp32 and bf16) for 0.1-0.3 GB more peak memory in bench_train; no gain on the demo's "
+    "top-layer setting, where it cost 0.4 GB of peak memory. Process-wide, from the trainer's start to the end of "
+    "the process.",
 }
 
 
