@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,20 +32,21 @@ def test_release_memory_frees_tensors_held_only_by_a_reference_cycle():
         gc.enable()
 
 
+def _overrides(tiny_model_dir, tiny_prefs, tmp_path, every, name=None):
+    return [
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.sources=[{{name: tiny, _target_: safetune.data.sources.triplets.load, path: {tiny_prefs}}}]",
+        "trainer.max_steps=4",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.report_to=[]",
+        f"trainer.release_memory_every={every}",
+        f"run_dir={tmp_path / (name or f'run{every}')}",
+        f"paths.cache={tmp_path / (name or '') / 'cache'}",
+    ]
+
+
 def _cfg(tiny_model_dir, tiny_prefs, tmp_path, every):
-    return compose(
-        "train",
-        [
-            f"model.name_or_path={tiny_model_dir}",
-            f"data.sources=[{{name: tiny, _target_: safetune.data.sources.triplets.load, path: {tiny_prefs}}}]",
-            "trainer.max_steps=4",
-            "trainer.per_device_train_batch_size=2",
-            "trainer.report_to=[]",
-            f"trainer.release_memory_every={every}",
-            f"run_dir={tmp_path / f'run{every}'}",
-            f"paths.cache={tmp_path / 'cache'}",
-        ],
-    )
+    return compose("train", _overrides(tiny_model_dir, tiny_prefs, tmp_path, every))
 
 
 @pytest.mark.parametrize(("every", "expected_steps"), [(2, [2, 4]), (0, [])])
@@ -150,13 +152,9 @@ def _run_env(code: str, **env_values: str) -> str:
     import subprocess
     import sys
 
-    tuning = (
-        "SAFETUNE_MALLOC",
-        "MALLOC_TRIM_THRESHOLD_",
-        "MALLOC_TOP_PAD_",
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_MMAP_MAX_",
-    )
+    from safetune.core.memory import ALLOCATOR_ENV, MALLOC_TUNING_ENV
+
+    tuning = (ALLOCATOR_ENV, *MALLOC_TUNING_ENV)
     env = {k: v for k, v in os.environ.items() if k not in tuning} | env_values
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -195,6 +193,35 @@ def test_trainer_keep_freed_pages_applies_the_allocator_setting_before_training(
     cfg.trainer.keep_freed_pages = keep
     run_train(cfg)
     assert calls == ([1] if keep else [])
+
+
+TRAIN = """
+import json, sys
+sys.path[:0] = {paths!r}
+from conftest import compose
+from safetune.train.recipe import run_train
+metrics, _ = run_train(compose("train", {overrides!r}))
+print(json.dumps([metrics["final/loss"], metrics["final/rewards/margins"]]))
+"""
+
+
+def test_training_with_freed_pages_kept_gives_the_same_numbers(tiny_model_dir, tiny_prefs, tmp_path):
+    """Reused heap blocks are not zeroed like fresh pages: a tensor read before it is written would change the
+    numbers. Same run, each in its own process (the setting is process-wide), glibc's default vs kept pages."""
+    import json
+
+    from safetune.core.memory import _libc
+
+    if _libc() is None:
+        pytest.skip("malloc here is not glibc's")
+    here = Path(__file__).resolve().parent
+    paths = [str(here.parent), str(here)]
+    results = {}
+    for name, env in (("kept", {}), ("default", {"SAFETUNE_MALLOC": "default"})):
+        overrides = _overrides(tiny_model_dir, tiny_prefs, tmp_path, 0, name=name)
+        out = _run_env(TRAIN.format(paths=paths, overrides=overrides), **env)
+        results[name] = json.loads(out.splitlines()[-1])
+    assert results["kept"] == results["default"], results
 
 
 def test_bad_keep_freed_pages_is_a_config_error(tiny_model_dir, tiny_prefs, tmp_path):
