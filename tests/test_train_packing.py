@@ -205,27 +205,61 @@ def test_a_model_that_ignores_packed_positions_is_refused(fused_model, monkeypat
         leaky(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
 
 
-def test_the_first_batch_check_does_not_run_the_packed_pass_twice_without_gradients(fused_model):
-    """In the reference pass (no gradients) the check's packed forward is the call's own; a training step (with
-    gradients) still runs its own packed forward. Either way the outputs equal the padded pass's."""
-    ids, mask, labels = _batch([16, 6, 5, 4], width=16)
+def test_the_first_batch_check_runs_one_packed_row_not_the_whole_batch(fused_model):
+    """The check's padded and packed passes cover the sequences of one packed row (the cheapest holding two or
+    more), not a padded pass over the whole batch; the call still runs its own packed pass once, with or without
+    gradients, and its outputs equal the padded pass's."""
+    ids, mask, labels = _batch([16, 6, 5, 4, 12, 3], width=16)
     with torch.no_grad():
         padded = fused_model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs
     scored = labels[:, 1:] != -100
-    calls: list[int] = []
-    for grad, calls_expected in ((False, 2), (True, 3)):
-        calls.clear()
-        hook = fused_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    shapes: list[tuple[int, ...]] = []
+    for grad in (False, True):
+        shapes.clear()
+        hook = fused_model.register_forward_pre_hook(
+            lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        )
         try:
             wrapper = PackedForward(fused_model, 0, verify=True)
             with torch.set_grad_enabled(grad):
                 out = wrapper(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
         finally:
             hook.remove()
+        plan = wrapper.last_plan
         assert wrapper.verified_max_diff is not None and not wrapper.verify
-        assert len(calls) == calls_expected, (grad, len(calls))  # padded + packed (+ the step's own packed pass)
+        # rows of 16: [16], [12, 4], [6, 5, 3]; the cheapest with two or more: 3 sequences x 6 padded tokens (< 2 x 12)
+        assert plan.rows == 3
+        assert wrapper.checked_sequences == 3
+        assert shapes == [(3, 6), (1, 16), (3, 16)], shapes  # check: padded, packed; then the call's packed pass
         assert out.log_probs.requires_grad == grad
         assert torch.allclose(out.log_probs[scored], padded[scored], atol=1e-5)
+    # a second call (verified) runs the packed pass only
+    shapes.clear()
+    hook = fused_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            wrapper(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    finally:
+        hook.remove()
+    assert shapes == [(3, 16)]
+
+
+def test_check_row_picks_a_row_with_several_sequences_and_keeps_their_layout():
+    ids, mask, labels = _batch([16, 6, 5, 4, 12, 3], width=16)
+    plan = plan_packing([16, 6, 5, 4, 12, 3], capacity=16)
+    sub_ids, sub_mask, sub_labels, sub = packing.check_row(ids, mask, labels, plan)
+    assert sub.rows == 1 and sub.width == plan.width and sorted(sub.lengths) == [3, 5, 6]
+    assert sub_ids.shape == (3, 6) and sub_mask.sum().item() == 14
+    for k, n in enumerate(sub.lengths):
+        i = plan.lengths.index(n)
+        assert torch.equal(sub_ids[k, :n], ids[i, :n]) and torch.equal(sub_labels[k, :n], labels[i, :n])
+        assert sub.offset[k] == plan.offset[i]
+    # every row single: the cheapest one
+    one = plan_packing([5, 3], capacity=5)
+    _, _, _, sub = packing.check_row(*_batch([5, 3], width=5), one)
+    assert sub.lengths == [3]
 
 
 def test_the_first_batch_check_runs_at_the_training_precision_under_bf16_autocast(fused_model):

@@ -10,7 +10,7 @@ from train_tiny import make_tiny_model
 from safetune.core.config import ConfigError
 from safetune.train import packing
 from safetune.train.dpo_config import safetune_trainer_options
-from safetune.train.packing import PackedForward, pack_trees, plan_trees, shared_prompt_lengths
+from safetune.train.packing import PackedForward, PackingUnsupported, pack_trees, plan_trees, shared_prompt_lengths
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,30 @@ def test_dpo_training_with_shared_prompts_matches_padding(tiny_model, tmp_path, 
 def test_share_prompt_must_be_a_boolean():
     with pytest.raises(ConfigError, match="trainer.share_prompt must be true or false"):
         safetune_trainer_options({"share_prompt": 1})
+
+
+def test_the_first_batch_check_of_shared_prompts_catches_a_leaky_mask(fused_model, monkeypatch):
+    """The first-batch check runs one row of pairs laid out as trees; if the mask let the rejected answer read the
+    chosen one, training stops with the fix instead of learning from leaked log-probs."""
+    monkeypatch.setattr(PackedForward, "_tree_plan", lambda self, i, m, lab, flat: plan_trees(i, m, lab, None))
+    ids, mask, labels = _pairs([6, 5, 7], [6, 7, 3], [5, 4, 6], seed=3)
+    good = PackedForward(fused_model, 0, verify=True, share_prompt=True)
+    good(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    assert good.tree_calls == 1 and not good.verify and good.verified_max_diff < 1e-4
+    assert 2 <= good.checked_sequences < ids.size(0)  # one row's pairs, not the batch
+    real = packing.pack_trees
+
+    def leaky(*args, **kwargs):
+        inputs, maps = real(*args, **kwargs)
+        m = inputs["attention_mask"]
+        n = m.size(-1)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        inputs["attention_mask"] = (
+            (causal if m.dtype == torch.bool else torch.zeros(n, n).masked_fill(~causal, -1e30)).expand_as(m).clone()
+        )
+        return inputs, maps
+
+    monkeypatch.setattr(packing, "pack_trees", leaky)
+    bad = PackedForward(fused_model, 0, verify=True, share_prompt=True)
+    with pytest.raises(PackingUnsupported, match="trainer.share_prompt=false"):
+        bad(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)

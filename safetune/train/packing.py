@@ -167,6 +167,60 @@ def _tree_mask_kind(model: Any) -> str | None:
     return {"sdpa": "bool", "eager": "additive"}.get(impl)
 
 
+def check_row(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    plan: PackPlan,
+    trees: TreePlan | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackPlan | TreePlan]:
+    """The sequences of one packed row as a batch of their own, with the one-row plan that packs them as the batch did.
+
+    The row is the cheapest (fewest padded tokens) of those holding two or more units (sequences; pairs when
+    ``trees`` lays pairs out with a shared prompt), else the cheapest row: it has the boundaries the whole batch has
+    (positions restarting, a sequence after another, branches that must not see each other) for a fraction of the
+    padded pass over the batch. Sequences keep their offsets in the row; the batch is cut to its longest one.
+    """
+    units = trees.rows if trees is not None else plan
+    members: dict[int, list[int]] = {}
+    for i, r in enumerate(units.row):
+        members.setdefault(r, []).append(i)
+
+    def cost(r: int) -> tuple[bool, int]:
+        seqs = members[r] if trees is None else [j for i in members[r] for j in (i, i + len(trees.shared))]
+        longest = int(attention_mask[seqs].sum(dim=1).max())
+        return len(members[r]) < 2, len(seqs) * longest
+
+    r = min(members, key=cost)
+    picked = members[r]
+    one_row = PackPlan(
+        lengths=[units.lengths[i] for i in picked],
+        row=[0] * len(picked),
+        offset=[units.offset[i] for i in picked],
+        rows=1,
+        width=units.width,
+    )
+    if trees is None:
+        seqs, sub_plan = picked, one_row
+    else:
+        half = len(trees.shared)
+        seqs = picked + [i + half for i in picked]
+        sub_plan = TreePlan(
+            shared=[trees.shared[i] for i in picked],
+            chosen=[trees.chosen[i] for i in picked],
+            rejected=[trees.rejected[i] for i in picked],
+            rows=one_row,
+        )
+    index = torch.tensor(seqs, dtype=torch.long, device=input_ids.device)
+    width = int(attention_mask.index_select(0, index).sum(dim=1).max())
+    return (
+        input_ids.index_select(0, index)[:, :width],
+        attention_mask.index_select(0, index)[:, :width],
+        labels.index_select(0, index)[:, :width],
+        sub_plan,
+    )
+
+
 class PackingUnsupported(ConfigError):
     """The model's attention ignores packed ``position_ids``: sequences packed in one row would see each other."""
 
@@ -176,10 +230,12 @@ class PackedForward:
 
     Passed to TRL's ``_compute_loss`` / ``compute_ref_log_probs`` in place of the model; only their
     ``model(input_ids=..., attention_mask=..., labels=..., fused_lm_head=True)`` call goes through it.
-    With ``verify=True`` the first packed call is also run padded (no gradients; in fp32 unless training runs
-    under autocast or with 16-bit weights) and the two must
-    agree, so a model whose attention does not honour packed positions fails loudly instead of training on
-    sequences that attend to each other.
+    With ``verify=True`` the sequences of one packed row of the first packed call (the cheapest row holding two or
+    more sequences, or pairs when prompts are shared) are also run padded and packed on their own (no gradients;
+    in fp32 unless training runs under autocast or with 16-bit weights) and the two must agree, so a model whose
+    attention does not honour packed positions or the shared-prompt mask fails loudly instead of training on
+    sequences that attend to each other. One row holds every kind of boundary the batch has, at a fraction of the
+    cost of a padded pass over the whole batch (the reference pass's first batch is its largest).
     """
 
     def __init__(
@@ -200,6 +256,7 @@ class PackedForward:
         self.verified_max_diff: float | None = None
         self.padded_calls = 0
         self.tree_calls = 0
+        self.checked_sequences = 0  # how many sequences the first-batch check ran (one packed row's)
         config = getattr(model, "config", None)
         hidden = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "hidden_size", 0)
         self.attention_width = 3.0 * (hidden or 1024)
@@ -224,11 +281,9 @@ class PackedForward:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         else:
             packed, plan, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
-        outputs = None
         if self.verify and plan.rows < batch:
-            outputs = self._check(input_ids, attention_mask, labels, packed, plan, maps, kwargs)
-        if outputs is None:
-            outputs = self.model(**packed, **kwargs)
+            self._check(*check_row(input_ids, attention_mask, labels, plan, trees), kwargs)
+        outputs = self.model(**packed, **kwargs)
         fields = {
             name: None
             if getattr(outputs, name, None) is None
@@ -252,13 +307,9 @@ class PackedForward:
         )
         return trees if cost < rival else None
 
-    def _check(self, input_ids, attention_mask, labels, packed, plan, maps, kwargs) -> Any:
-        """Packed and padded log-probs of this batch must agree (once); raises :class:`PackingUnsupported`.
-
-        Returns the packed pass's outputs when the caller runs without gradients (the reference pass): the check
-        computed them exactly as the call would, so they are not computed twice. Otherwise None."""
+    def _check(self, input_ids, attention_mask, labels, plan: PackPlan | TreePlan, kwargs) -> None:
+        """Packed and padded log-probs of this (sub-)batch must agree (once); raises :class:`PackingUnsupported`."""
         batch, width = input_ids.shape
-        reusable = not torch.is_grad_enabled()
         device_type = input_ids.device.type
         # Under autocast (bf16 training) the inputs may already carry its rounding (the shared trunk's kept hidden
         # state), and held frozen weights are 16-bit: both passes then run as training runs them, to bf16 tolerance;
@@ -267,10 +318,16 @@ class PackedForward:
             p.dtype in (torch.float16, torch.bfloat16) or not p.is_floating_point() for p in self.model.parameters()
         )
         exact = torch.autocast(device_type, enabled=False) if not low_precision else contextlib.nullcontext()
+        if isinstance(plan, TreePlan):
+            packed, maps = pack_trees(input_ids, attention_mask, labels, self.pad_token_id, plan, self.mask_kind)
+            rows = plan.rows
+        else:
+            packed, rows, maps = pack_batch(input_ids, attention_mask, labels, self.pad_token_id, plan=plan)
         with torch.no_grad(), exact:
             ref = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs).log_probs
             outputs = self.model(**packed, **kwargs)
-            got = unpack_per_token(outputs.log_probs, plan, maps, batch, width)
+            got = unpack_per_token(outputs.log_probs, rows, maps, batch, width)
+        self.checked_sequences = batch
         scored = labels[:, 1:] != -100
         diff = (ref - got).abs()[scored]
         worst = float(diff.max()) if diff.numel() else 0.0
@@ -284,7 +341,6 @@ class PackedForward:
                 "packed position_ids (or a shared-prompt mask) and sequences would attend to each other. Set "
                 "trainer.share_prompt=false, or trainer.pack_sequences=false."
             )
-        return outputs if reusable else None
 
 
 # ---------------------------------------------------------------- shared prompts (trainer.share_prompt)
