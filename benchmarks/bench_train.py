@@ -12,6 +12,8 @@ one after another in one invocation, on the same rows, model, batch size, max le
 * ``safetune_default``  — safetune's defaults: reference log-probs precomputed once (the shared reference cache,
                           length-sorted batches), no gradient checkpointing, LM head scored on completion positions
                           only.
+* ``safetune_default_ckpt`` — safetune's defaults with ``trainer.gradient_checkpointing=true`` (the memory lever:
+                          activations of every decoder layer recomputed in backward).
 * ``safetune_top4``     — safetune's defaults with ``peft.top_layers=4``: backward stops below the top 4 layers, and
                           (``trainer.share_frozen_trunk``, default) the reference runs in each step while the policy
                           starts from its hidden state at layer 26: no separate reference pass, no second trunk pass.
@@ -96,6 +98,7 @@ VARIANTS = [
     # trainer.keep_freed_pages=false (glibc's default allocator behaviour); trl_plain_malloc: the plain TRL script
     # with safetune's allocator setting (what trainer.keep_freed_pages=true does)
     "safetune_default_nokeep",
+    "safetune_default_ckpt",
     "safetune_as_trl_nokeep",
     "safetune_bf16_nokeep",
     "safetune_as_trl_bf16_nokeep",
@@ -355,6 +358,7 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
         extra = {
             "safetune_as_trl": ["trainer.gradient_checkpointing=true", "trainer.precompute_ref_log_probs=false"],
             "safetune_default": [],
+            "safetune_default_ckpt": ["trainer.gradient_checkpointing=true"],
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
             "safetune_top4_separate": [
