@@ -13,7 +13,8 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           length-sorted batches), no gradient checkpointing, LM head scored on completion positions
                           only.
 * ``safetune_default_ckpt`` — safetune's defaults with ``trainer.gradient_checkpointing=true`` (the memory lever:
-                          activations of every decoder layer recomputed in backward).
+                          activations of every decoder layer recomputed in backward); ``safetune_default_ckpt3``
+                          checkpoints every third layer only (``gradient_checkpointing_kwargs.every_n_layers=3``).
 * ``safetune_top4``     — safetune's defaults with ``peft.top_layers=4``: backward stops below the top 4 layers, and
                           (``trainer.share_frozen_trunk``, default) the reference runs in each step while the policy
                           starts from its hidden state at layer 26: no separate reference pass, no second trunk pass.
@@ -99,6 +100,7 @@ VARIANTS = [
     # with safetune's allocator setting (what trainer.keep_freed_pages=true does)
     "safetune_default_nokeep",
     "safetune_default_ckpt",
+    "safetune_default_ckpt3",
     "safetune_as_trl_nokeep",
     "safetune_bf16_nokeep",
     "safetune_as_trl_bf16_nokeep",
@@ -359,6 +361,10 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
             "safetune_as_trl": ["trainer.gradient_checkpointing=true", "trainer.precompute_ref_log_probs=false"],
             "safetune_default": [],
             "safetune_default_ckpt": ["trainer.gradient_checkpointing=true"],
+            "safetune_default_ckpt3": [
+                "trainer.gradient_checkpointing=true",
+                "+trainer.gradient_checkpointing_kwargs={every_n_layers:3}",
+            ],
             # peft.top_layers needs a module list: with target_modules=all-linear (a str) PEFT rejects layers_to_transform
             "safetune_top4": ["peft.top_layers=4", f"peft.target_modules=[{','.join(LINEAR)}]"],
             "safetune_top4_separate": [

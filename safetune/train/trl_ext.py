@@ -73,6 +73,10 @@ def check_trl() -> str:
             problems.append(f"DPOTrainer.{name} takes {got}, expected {list(params)}")
     if not callable(getattr(trl_utils, "_use_triton", None)):
         problems.append("trl.trainer.utils._use_triton is missing")
+    from trl.trainer import dpo_trainer as trl_dpo
+
+    if not callable(getattr(trl_dpo, "disable_gradient_checkpointing", None)):
+        problems.append("trl.trainer.dpo_trainer.disable_gradient_checkpointing is missing")
     if problems:
         raise TRLCompatibilityError(
             f"The installed TRL {version} changed internals safetune extends (tested with {TESTED_TRL}.x): "
@@ -122,11 +126,36 @@ def completion_positions_only() -> Iterator[bool]:
         trl_utils._use_triton = original
 
 
+@contextlib.contextmanager
+def checkpointing_paused(model: Any, gradient_checkpointing_kwargs: dict | None = None) -> Iterator[None]:
+    """TRL's ``disable_gradient_checkpointing`` (around its reference forwards), restoring each layer's own setting.
+
+    TRL 1.16 turns checkpointing back on with ``gradient_checkpointing_enable(kwargs)``: every layer is checkpointed
+    again and transformers' ``every_n_layers`` (``trainer.gradient_checkpointing_kwargs``) reaches
+    ``torch.utils.checkpoint``, which fails on it at the next backward. Here each module's flag is switched off and
+    back as it was; the checkpoint function stays the one the trainer set up.
+    """
+    flags = [
+        (m, m.gradient_checkpointing)
+        for m in model.modules()
+        if isinstance(getattr(m, "gradient_checkpointing", None), bool)
+    ]
+    for m, _ in flags:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.gradient_checkpointing = flag
+
+
 def make_trainer_class():
     """``trl.DPOTrainer`` plus safetune's shared reference cache and the step-0 sanity check (TRL checked first)."""
     from trl import DPOTrainer
+    from trl.trainer import dpo_trainer as trl_dpo
 
     check_trl()
+    trl_dpo.disable_gradient_checkpointing = checkpointing_paused  # same behaviour, per-layer settings kept
 
     class SafetuneDPOTrainer(DPOTrainer):
         def __init__(
