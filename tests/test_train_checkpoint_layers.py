@@ -83,3 +83,15 @@ def test_every_n_layers_must_be_a_positive_whole_number(bad, tmp_path):
             {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": bad}}, str(tmp_path)
         )
     assert torch.is_grad_enabled()
+
+
+def test_the_low_memory_trainer_preset_checkpoints_every_third_layer(tmp_path):
+    from tests.conftest import compose
+
+    from safetune.core.config import to_plain
+
+    cfg = compose("train", ["trainer=low_memory"])
+    assert cfg.trainer.beta == compose("train", []).trainer.beta  # the defaults, plus the checkpointing delta
+    args = build_dpo_config(to_plain(cfg.trainer), str(tmp_path))
+    assert args.gradient_checkpointing is True
+    assert args.gradient_checkpointing_kwargs["every_n_layers"] == 3
