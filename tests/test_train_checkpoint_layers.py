@@ -86,9 +86,8 @@ def test_every_n_layers_must_be_a_positive_whole_number(bad, tmp_path):
 
 
 def test_the_low_memory_trainer_preset_checkpoints_every_third_layer(tmp_path):
-    from tests.conftest import compose
-
     from safetune.core.config import to_plain
+    from tests.conftest import compose
 
     cfg = compose("train", ["trainer=low_memory"])
     assert cfg.trainer.beta == compose("train", []).trainer.beta  # the defaults, plus the checkpointing delta
