@@ -167,58 +167,31 @@ def _tree_mask_kind(model: Any) -> str | None:
     return {"sdpa": "bool", "eager": "additive"}.get(impl)
 
 
-def check_row(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    plan: PackPlan,
-    trees: TreePlan | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackPlan | TreePlan]:
-    """The sequences of one packed row as a batch of their own, with the one-row plan that packs them as the batch did.
-
-    The row is the cheapest (fewest padded tokens) of those holding two or more units (sequences; pairs when
-    ``trees`` lays pairs out with a shared prompt), else the cheapest row: it has the boundaries the whole batch has
-    (positions restarting, a sequence after another, branches that must not see each other) for a fraction of the
-    padded pass over the batch. Sequences keep their offsets in the row; the batch is cut to its longest one.
-    """
+def check_row(input_ids, attention_mask, labels, plan: PackPlan, trees: TreePlan | None = None) -> tuple[Any, ...]:
+    """One packed row's sequences as a batch of their own (cut to the longest), with a one-row plan laying them out
+    as the batch did: the cheapest row holding two or more units (sequences; pairs with ``trees``), else the cheapest.
+    It has every boundary the batch has (positions restarting, branches that must not meet) at a fraction of the cost."""
     units = trees.rows if trees is not None else plan
     members: dict[int, list[int]] = {}
     for i, r in enumerate(units.row):
         members.setdefault(r, []).append(i)
 
+    def seqs_of(r: int) -> list[int]:
+        return members[r] if trees is None else members[r] + [i + len(trees.shared) for i in members[r]]
+
     def cost(r: int) -> tuple[bool, int]:
-        seqs = members[r] if trees is None else [j for i in members[r] for j in (i, i + len(trees.shared))]
-        longest = int(attention_mask[seqs].sum(dim=1).max())
-        return len(members[r]) < 2, len(seqs) * longest
+        return len(members[r]) < 2, len(seqs_of(r)) * int(attention_mask[seqs_of(r)].sum(dim=1).max())
 
     r = min(members, key=cost)
     picked = members[r]
-    one_row = PackPlan(
-        lengths=[units.lengths[i] for i in picked],
-        row=[0] * len(picked),
-        offset=[units.offset[i] for i in picked],
-        rows=1,
-        width=units.width,
+    sub: PackPlan | TreePlan = PackPlan(
+        [units.lengths[i] for i in picked], [0] * len(picked), [units.offset[i] for i in picked], 1, units.width
     )
-    if trees is None:
-        seqs, sub_plan = picked, one_row
-    else:
-        half = len(trees.shared)
-        seqs = picked + [i + half for i in picked]
-        sub_plan = TreePlan(
-            shared=[trees.shared[i] for i in picked],
-            chosen=[trees.chosen[i] for i in picked],
-            rejected=[trees.rejected[i] for i in picked],
-            rows=one_row,
-        )
-    index = torch.tensor(seqs, dtype=torch.long, device=input_ids.device)
+    if trees is not None:
+        sub = TreePlan(*([getattr(trees, f)[i] for i in picked] for f in ("shared", "chosen", "rejected")), rows=sub)
+    index = torch.tensor(seqs_of(r), dtype=torch.long, device=input_ids.device)
     width = int(attention_mask.index_select(0, index).sum(dim=1).max())
-    return (
-        input_ids.index_select(0, index)[:, :width],
-        attention_mask.index_select(0, index)[:, :width],
-        labels.index_select(0, index)[:, :width],
-        sub_plan,
-    )
+    return (*(t.index_select(0, index)[:, :width] for t in (input_ids, attention_mask, labels)), sub)
 
 
 class PackingUnsupported(ConfigError):
