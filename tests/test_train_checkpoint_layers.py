@@ -8,12 +8,12 @@ transformers 5 supports it; TRL 1.16 switches checkpointing off around its refer
 from __future__ import annotations
 
 import pytest
-import torch
 from test_train_padding import _trainer
 from train_tiny import make_tiny_model
 
 from safetune.core.config import ConfigError
-from safetune.train.dpo_config import build_dpo_config
+from safetune.core.ranges import precheck_trainer
+from safetune.train.dpo_config import build_dpo_config, validate_trainer
 from safetune.train.trl_ext import checkpointing_paused
 
 
@@ -77,12 +77,11 @@ def test_training_checkpoints_every_second_layer_with_the_plain_losses(tiny4, tm
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
-def test_every_n_layers_must_be_a_positive_whole_number(bad, tmp_path):
+def test_every_n_layers_must_be_a_positive_whole_number(bad):
     with pytest.raises(ConfigError, match=r"trainer.gradient_checkpointing_kwargs.every_n_layers must be"):
-        build_dpo_config(
-            {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": bad}}, str(tmp_path)
-        )
-    assert torch.is_grad_enabled()
+        validate_trainer({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"every_n_layers": bad}})
+    with pytest.raises(ConfigError, match=r"trainer.gradient_checkpointing_kwargs.every_n_layers must be"):
+        precheck_trainer({"gradient_checkpointing_kwargs": {"every_n_layers": bad}})  # at start-up, before torch
 
 
 def test_the_low_memory_trainer_preset_checkpoints_every_third_layer(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from safetune.core.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Range, check_ranges
+from safetune.core.config import ConfigError
 
 # value ranges of DPOConfig fields that TRL/transformers check only deep inside training (if at all)
 TRAINER_RANGES: dict[str, Range] = {
@@ -44,6 +45,22 @@ GENERATION_RANGES: dict[str, Range] = {
 def precheck_trainer(trainer_cfg: dict[str, Any]) -> None:
     """Every ranged ``trainer`` key holds a number in range (raises ConfigError naming the key otherwise)."""
     check_ranges(trainer_cfg, TRAINER_RANGES, prefix="trainer")
+    check_checkpointing_kwargs(trainer_cfg)
+
+
+def check_checkpointing_kwargs(trainer_cfg: dict[str, Any]) -> None:
+    """``trainer.gradient_checkpointing_kwargs.every_n_layers`` (transformers 5: checkpoint every n-th layer only)
+    must be a whole number >= 1; TRL and transformers take any value and fail or misbehave inside training."""
+    kwargs = trainer_cfg.get("gradient_checkpointing_kwargs")
+    if not isinstance(kwargs, dict) or "every_n_layers" not in kwargs:
+        return
+    n = kwargs["every_n_layers"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"trainer.gradient_checkpointing_kwargs.every_n_layers must be a whole number >= 1, got {n!r}",
+            hint="1 checkpoints every decoder layer, 2 every other one (half the recompute, about half the saving); "
+            "it applies with trainer.gradient_checkpointing=true",
+        )
 
 
 def precheck_generation(generation_cfg: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from safetune.core.compiling import check_compile_setting
 from safetune.core.config import ConfigError
 from safetune.core.errors import SafetuneError
 from safetune.core.precision import PrecisionError, training_flags
-from safetune.core.ranges import TRAINER_RANGES
+from safetune.core.ranges import TRAINER_RANGES, check_checkpointing_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def validate_trainer(trainer_cfg: dict[str, Any]) -> None:
         if isinstance(cfg.get(key), str):
             cfg[key] = [cfg[key]]
     check_fields(cfg, DPOConfig, prefix="trainer", ranges=TRAINER_RANGES)
+    check_checkpointing_kwargs(cfg)
     if cfg.get("max_steps") is not None and (cfg["max_steps"] == 0 or cfg["max_steps"] < -1):
         raise ConfigError(
             f"trainer.max_steps={cfg['max_steps']!r}: expected -1 (use num_train_epochs) or a positive step count."
@@ -162,26 +163,12 @@ def build_dpo_config(trainer_cfg: dict[str, Any], output_dir: str):
     except PrecisionError as e:
         raise ConfigError(str(e)) from e
     opts.update(flags)
-    _check_checkpointing_kwargs(opts.get("gradient_checkpointing_kwargs"))
     if not torch.cuda.is_available():
         opts.setdefault("use_cpu", True)
     try:
         return DPOConfig(output_dir=output_dir, **opts)
     except (ValueError, TypeError) as e:  # TRL's / transformers' own validation of field values
         raise ConfigError(f"trainer: {e}", hint="check the trainer.* values named above") from e
-
-
-def _check_checkpointing_kwargs(kwargs: Any) -> None:
-    """``trainer.gradient_checkpointing_kwargs.every_n_layers`` (transformers 5: checkpoint every n-th layer only)."""
-    if not isinstance(kwargs, dict) or "every_n_layers" not in kwargs:
-        return
-    n = kwargs["every_n_layers"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(
-            f"trainer.gradient_checkpointing_kwargs.every_n_layers must be a whole number >= 1, got {n!r}",
-            hint="1 checkpoints every decoder layer, 2 every other one (half the recompute, about half the saving); "
-            "it applies with trainer.gradient_checkpointing=true",
-        )
 
 
 def expected_initial_loss(loss_type: list[str]) -> float | None:
