@@ -59,3 +59,11 @@ def test_trl_gate_names_a_missing_or_changed_hook(monkeypatch):
     monkeypatch.delattr(u, "_use_triton")
     with pytest.raises(trl_ext.TRLCompatibilityError, match="_use_triton is missing"):
         trl_ext.check_trl()
+    monkeypatch.undo()
+    import trl.trainer.dpo_trainer as d
+
+    for name in ("hash_module", "disable_gradient_checkpointing"):
+        monkeypatch.delattr(d, name)
+        with pytest.raises(trl_ext.TRLCompatibilityError, match=f"dpo_trainer.{name} is missing"):
+            trl_ext.check_trl()
+        monkeypatch.undo()

@@ -67,6 +67,41 @@ def test_cache_disabled_computes_every_time(tiny, tmp_path):
     assert abs(m["sanity/dpo_sigmoid_loss"] - torch.log(torch.tensor(2.0)).item()) < 1e-3
 
 
+def test_trl_model_hash_is_skipped_with_the_cache_and_kept_without(tiny, tmp_path, monkeypatch):
+    """TRL hashes every tensor of the model to name its reference-pass file (minutes for 7B models); with the shared
+    cache its key names the reference instead, and TRL's own hash comes back for runs without the cache."""
+    from trl.trainer import dpo_trainer as trl_dpo
+
+    calls: list[int] = []
+    original = trl_dpo.hash_module
+
+    def counting(module):
+        calls.append(1)
+        return original(module)
+
+    monkeypatch.setattr(trl_dpo, "hash_module", counting)
+    m = _run(tiny, tmp_path, "cached")
+    assert m["ref_cache/misses"] == 1 and calls == []
+    assert trl_dpo.hash_module is counting  # restored after the trainer's __init__
+    again = _run(tiny, tmp_path, "cached_again", "trainer.beta=0.3")
+    assert (again["ref_cache/hits"], again["ref_cache/misses"]) == (1, 0) and calls == []
+    # the same numbers as with TRL's hash: the step-0 reference equals the policy either way
+    assert abs(again["sanity/dpo_sigmoid_loss"] - m["sanity/dpo_sigmoid_loss"]) < 1e-6
+    plain = _run(tiny, tmp_path, "uncached", "ref_cache.enabled=false")
+    assert calls == [1]
+    assert abs(plain["sanity/dpo_sigmoid_loss"] - m["sanity/dpo_sigmoid_loss"]) < 1e-6
+
+
+def test_reference_key_names_everything_but_the_data():
+    from safetune.train.refcache import RefLogpCache
+
+    parts = {"model": {"name_or_path": "m"}, "precision": "fp32", "data_content_hash": "a", "max_length": 64}
+    key = RefLogpCache(dir=Path("x"), key_parts=parts).reference_key()
+    assert key == RefLogpCache(dir=Path("y"), key_parts={**parts, "data_content_hash": "b"}).reference_key()
+    for change in ({"precision": "bf16"}, {"max_length": 32}, {"model": {"name_or_path": "other"}}):
+        assert RefLogpCache(dir=Path("x"), key_parts={**parts, **change}).reference_key() != key
+
+
 def test_max_completion_length_cuts_responses_and_keys_the_cache(tiny, tmp_path):
     """safetune's trainer.max_completion_length (TRL 1.x has none): responses keep their first N tokens only,
     and the reference cache keys on N (the reference scores fewer tokens)."""

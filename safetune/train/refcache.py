@@ -86,6 +86,11 @@ class RefLogpCache:
         """The key of everything but the rows (the data's content hash is left out: each row is keyed by its tokens)."""
         return _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})[:16]
 
+    def reference_key(self) -> str:
+        """The full hash of everything but the rows: names the reference weights and how they score (for TRL's own
+        reference-pass cache file, instead of its hash over every tensor; ``trl_ext.reference_hash``)."""
+        return "safetune-ref-" + _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})
+
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"{key}.safetensors", self.dir / f"{key}.json"
 

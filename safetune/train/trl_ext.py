@@ -15,7 +15,9 @@ the one that moved when the installed TRL differs:
   step-0 sanity check (which reads the rewards TRL logs in ``self._metrics``);
 - ``Trainer.train`` / ``evaluate`` and the reference pass: under bf16/fp16 autocast, the frozen linear weights are
   held in that dtype for the call (``trainer.cast_frozen_weights``; :func:`safetune.core.precision.weights_in`);
-- ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only.
+- ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only;
+- ``trl.trainer.dpo_trainer.hash_module``: with the shared reference cache, its key names the reference weights
+  instead of a SHA-256 over every tensor of the model (:func:`reference_hash`).
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ def check_trl() -> str:
         problems.append("trl.trainer.utils._use_triton is missing")
     from trl.trainer import dpo_trainer as trl_dpo
 
-    if not callable(getattr(trl_dpo, "disable_gradient_checkpointing", None)):
-        problems.append("trl.trainer.dpo_trainer.disable_gradient_checkpointing is missing")
+    for name in ("disable_gradient_checkpointing", "hash_module"):
+        if not callable(getattr(trl_dpo, name, None)):
+            problems.append(f"trl.trainer.dpo_trainer.{name} is missing")
     if problems:
         raise TRLCompatibilityError(
             f"The installed TRL {version} changed internals safetune extends (tested with {TESTED_TRL}.x): "
@@ -149,6 +152,33 @@ def checkpointing_paused(model: Any, gradient_checkpointing_kwargs: dict | None 
             m.gradient_checkpointing = flag
 
 
+@contextlib.contextmanager
+def reference_hash(key: str | None) -> Iterator[None]:
+    """Name TRL's reference-pass cache file by ``key`` instead of hashing the model (when ``key`` is not None).
+
+    With ``precompute_ref_log_probs`` TRL 1.16 hashes every tensor of the model in ``DPOTrainer.__init__`` (a SHA-256
+    over its bytes, fp32 copies of bf16 ones) to name the datasets cache file of its reference pass: about 1 s for a
+    135M model, minutes for 7B ones, paid again by every sweep job even when safetune's reference cache serves every
+    row. That cache's key already names what the reference log-probs depend on (model identity and files, template,
+    truncation, precision, versions: ``RefLogpCache.reference_key``), so it names TRL's file too.
+    """
+    from trl.trainer import dpo_trainer as trl_dpo
+
+    if key is None:
+        yield
+        return
+    original = trl_dpo.hash_module
+
+    def _named(module: Any) -> str:
+        return key
+
+    trl_dpo.hash_module = _named
+    try:
+        yield
+    finally:
+        trl_dpo.hash_module = original
+
+
 def make_trainer_class():
     """``trl.DPOTrainer`` plus safetune's shared reference cache and the step-0 sanity check (TRL checked first)."""
     from trl import DPOTrainer
@@ -201,7 +231,8 @@ def make_trainer_class():
             model = kwargs.get("model", args[0] if args else None)
             # before DPOTrainer.__init__ (the reference pass runs there); PEFT wraps the compiled layers unchanged
             self.compile_state = compile_model(model, compile, compile_options or {}, "trainer.compile")
-            super().__init__(*args, **kwargs)
+            with reference_hash(ref_cache.reference_key() if ref_cache is not None else None):
+                super().__init__(*args, **kwargs)
             if release_memory_every:
                 from safetune.train.callbacks import ReleaseMemoryCallback
 
