@@ -114,6 +114,44 @@ def test_completion_only_scoring_gives_identical_log_probs_and_gradients(tiny_mo
     assert torch.allclose(compact_grad, full_grad, atol=1e-6)
 
 
+def test_cpu_logprob_tiles_give_the_same_log_probs_entropy_and_gradients(tiny_model, monkeypatch):
+    """Cache-sized LM-head tiles on CPU: several token and vocabulary tiles (sizes lowered to the tiny model's) give
+    TRL's single-tile numbers; TRL's sizes come back after the block, and other devices are left alone."""
+    from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob as trl_kernel
+    from trl.trainer import utils as trl_utils
+
+    from safetune.train import trl_ext
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20))
+    labels = ids.clone()
+    labels[:, :5] = -100
+
+    def run():
+        model.zero_grad()
+        with completion_positions_only():
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        return out.log_probs.detach(), out.entropy.detach(), model.lm_head.weight.grad.clone()
+
+    sizes = (trl_kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    whole = run()
+    assert sizes[0] > ids.numel()  # TRL: one token tile for this batch
+    monkeypatch.setattr(trl_ext, "CPU_LOGPROB_TOKENS", 7)  # 45 scored positions: 7 token tiles
+    monkeypatch.setattr(trl_ext, "CPU_LOGPROB_VOCAB", 5000)  # 10 vocabulary tiles, the last a short one
+    with trl_ext.cpu_logprob_tiles(torch.device("cpu")) as applied:
+        assert applied and (trl_kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE) != sizes
+        tiled = run()
+    assert (trl_kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE) == sizes  # restored
+    for a, b in zip(whole, tiled, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    with trl_ext.cpu_logprob_tiles(torch.device("meta")) as applied:  # not CPU: TRL's own tiles
+        assert not applied and (trl_kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE) == sizes
+
+
 def _padded_tokens(trainer) -> int:
     total = 0
     for batch in trainer.get_train_dataloader():

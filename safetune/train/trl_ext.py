@@ -1,9 +1,8 @@
 """Every TRL extension safetune needs, in one module, each checked against the installed TRL.
 
 Tested with TRL 1.16.x (``pyproject.toml`` pins ``trl>=1.16,<1.17``). The subclass below overrides private
-``DPOTrainer`` hooks and :func:`completion_positions_only` swaps a private TRL helper; both depend on TRL internals,
-so :func:`check_trl` verifies each hook exists with the expected parameters before a trainer is built and names
-the one that moved when the installed TRL differs:
+``DPOTrainer`` hooks and the context managers swap private TRL names; :func:`check_trl` verifies them before a
+trainer is built and names the one that moved when the installed TRL differs:
 
 - ``DPOTrainer._prepare_dataset``: keep the first ``trainer.max_completion_length`` response tokens (TRL 1.x
   dropped the option) and add the ``length`` column transformers' length-grouped sampler reads;
@@ -16,8 +15,8 @@ the one that moved when the installed TRL differs:
 - ``Trainer.train`` / ``evaluate`` and the reference pass: under bf16/fp16 autocast, the frozen linear weights are
   held in that dtype for the call (``trainer.cast_frozen_weights``; :func:`safetune.core.precision.weights_in`);
 - ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only;
-- ``trl.trainer.dpo_trainer.hash_module``: with the shared reference cache, its key names the reference weights
-  instead of a SHA-256 over every tensor of the model (:func:`reference_hash`).
+- ``TOKEN_CHUNK_SIZE`` / ``_CHUNKED_LOGPROB_CHUNK_SIZE``: CPU tiles of the fused LM head (:func:`cpu_logprob_tiles`);
+- ``trl.trainer.dpo_trainer.hash_module``: the shared reference cache's key instead (:func:`reference_hash`).
 """
 
 from __future__ import annotations
@@ -101,6 +100,19 @@ def pair_lengths(dataset: Any, max_length: int | None) -> list[int]:
 
 
 @contextlib.contextmanager
+def _patched(*changes: tuple[Any, str, Any]) -> Iterator[None]:
+    """Set ``(module, name, value)`` attributes for the block; the old values come back after it."""
+    saved = [(m, n, getattr(m, n)) for m, n, _ in changes]
+    for m, n, value in changes:
+        setattr(m, n, value)
+    try:
+        yield
+    finally:
+        for m, n, value in saved:
+            setattr(m, n, value)
+
+
+@contextlib.contextmanager
 def completion_positions_only() -> Iterator[bool]:
     """Score only completion positions in TRL's fused LM head on CPU too (yields whether the switch applied).
 
@@ -109,24 +121,14 @@ def completion_positions_only() -> Iterator[bool]:
     prompt and padding positions through the 49k-row LM head is pure waste: the log-probs are identical (tested)
     and a reference forward is ~1.3x faster. :func:`check_trl` verifies the helper exists before training.
     """
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:  # pragma: no cover - trl is a dependency
-        yield False
-        return
+    from trl.trainer import utils as trl_utils
+
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
         yield False
         return
-
-    def _compact(device: Any) -> bool:
-        return device.type == "cpu" or original(device)
-
-    trl_utils._use_triton = _compact
-    try:
+    with _patched((trl_utils, "_use_triton", lambda device: device.type == "cpu" or original(device))):
         yield True
-    finally:
-        trl_utils._use_triton = original
 
 
 @contextlib.contextmanager
@@ -152,31 +154,45 @@ def checkpointing_paused(model: Any, gradient_checkpointing_kwargs: dict | None 
             m.gradient_checkpointing = flag
 
 
+# TRL's CPU LM-head tiles: 4096 tokens x 32768 words, up to 512 MB of fp32 per temporary; 8 MB ones stay in cache
+CPU_LOGPROB_TOKENS = 512
+CPU_LOGPROB_VOCAB = 4096
+
+
+@contextlib.contextmanager
+def cpu_logprob_tiles(device: Any) -> Iterator[bool]:
+    """Cache-sized tiles for TRL's fused LM head on CPU (yields whether they applied; a no-op on other devices).
+
+    Same per-token log-probs, entropies and gradients within float rounding (the log-sum-exp adds the vocabulary in
+    other pieces; tested), 1.5-2.5x faster head forward + backward on the embedded model's 49,152-word vocabulary
+    (``benchmarks/README.md``). Held for the whole ``train`` / ``evaluate`` / reference pass: the backward, which TRL
+    runs after the loss returns, reads the token tile size again.
+    """
+    from trl.kernels import chunked_logprob as trl_kernel
+    from trl.trainer import utils as trl_utils
+
+    tiles = (
+        (trl_kernel, "TOKEN_CHUNK_SIZE", CPU_LOGPROB_TOKENS),
+        (trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", CPU_LOGPROB_VOCAB),
+    )
+    if torch.device(device).type != "cpu" or not all(isinstance(getattr(m, n, None), int) for m, n, _ in tiles):
+        yield False
+        return
+    with _patched(*((m, n, min(v, getattr(m, n))) for m, n, v in tiles)):
+        yield True
+
+
 @contextlib.contextmanager
 def reference_hash(key: str | None) -> Iterator[None]:
-    """Name TRL's reference-pass cache file by ``key`` instead of hashing the model (when ``key`` is not None).
+    """Name TRL's reference-pass cache file by ``key`` (when not None) instead of TRL hashing the model.
 
-    With ``precompute_ref_log_probs`` TRL 1.16 hashes every tensor of the model in ``DPOTrainer.__init__`` (a SHA-256
-    over its bytes, fp32 copies of bf16 ones) to name the datasets cache file of its reference pass: about 1 s for a
-    135M model, minutes for 7B ones, paid again by every sweep job even when safetune's reference cache serves every
-    row. That cache's key already names what the reference log-probs depend on (model identity and files, template,
-    truncation, precision, versions: ``RefLogpCache.reference_key``), so it names TRL's file too.
-    """
+    TRL 1.16 hashes every tensor in ``DPOTrainer.__init__`` (~1 s for 135M, minutes for 7B, in every sweep job, even
+    when safetune's cache serves every row); that cache's ``RefLogpCache.reference_key`` already names what the
+    reference log-probs depend on (model identity and files, template, truncation, precision, versions)."""
     from trl.trainer import dpo_trainer as trl_dpo
 
-    if key is None:
+    with _patched(*(() if key is None else ((trl_dpo, "hash_module", lambda module: key),))):
         yield
-        return
-    original = trl_dpo.hash_module
-
-    def _named(module: Any) -> str:
-        return key
-
-    trl_dpo.hash_module = _named
-    try:
-        yield
-    finally:
-        trl_dpo.hash_module = original
 
 
 def make_trainer_class():
@@ -269,15 +285,15 @@ def make_trainer_class():
             return weights_in(self.model, Precision(dtype, training_label(args.bf16, args.fp16)))
 
         def train(self, *args: Any, **kwargs: Any):
-            with self._frozen_weights_held():
+            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
                 return super().train(*args, **kwargs)
 
         def evaluate(self, *args: Any, **kwargs: Any):
-            with self._frozen_weights_held():
+            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
                 return super().evaluate(*args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-            with self._frozen_weights_held():
+            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
                 return self._precompute_ref_logps_held(dataset, name, batch_size)
 
         def _precompute_ref_logps_held(self, dataset, name: str, batch_size: int):
