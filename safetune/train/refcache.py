@@ -82,14 +82,14 @@ class RefLogpCache:
     rows_reused: int = field(default=0, metadata={"help": "Rows whose reference log-probs came from the cache."})
     rows_computed: int = field(default=0, metadata={"help": "Rows whose reference log-probs were computed."})
 
-    def parts_key(self) -> str:
-        """The key of everything but the rows (the data's content hash is left out: each row is keyed by its tokens)."""
-        return _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})[:16]
-
     def reference_key(self) -> str:
-        """The full hash of everything but the rows: names the reference weights and how they score (for TRL's own
-        reference-pass cache file, instead of its hash over every tensor; ``trl_ext.reference_hash``)."""
+        """The hash of everything but the rows (the data's content hash is left out: each row is keyed by its tokens):
+        the reference weights and how they score. Also names TRL's own reference-pass file (``trl_ext.reference_hash``)."""
         return "safetune-ref-" + _sha({k: v for k, v in self.key_parts.items() if k != "data_content_hash"})
+
+    def parts_key(self) -> str:
+        """The short form of :meth:`reference_key` that names this cache's entries."""
+        return self.reference_key().removeprefix("safetune-ref-")[:16]
 
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"{key}.safetensors", self.dir / f"{key}.json"
