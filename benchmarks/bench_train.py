@@ -37,6 +37,9 @@ one after another in one invocation, on the same rows, model, batch size, max le
                           fp32 weight at each op (what that lever saves).
 * ``safetune_top10_bf16`` / ``safetune_top10_autocast_bf16`` — the demo's training (``peft.top_layers=10``) in bf16
                           with and without ``trainer.cast_frozen_weights``.
+* ``safetune_attnbf16_bf16`` / ``safetune_top10_compiled_attnbf16_bf16`` — ``safetune_bf16`` / the demo's compiled
+                          top-10 training with ``trainer.cpu_attention_fp32=false`` (attention in bf16 under CPU
+                          autocast, as before that option): what the fp32 attention saves.
 * ``safetune_as_trl_bf16`` — ``safetune_as_trl`` in bf16 (TRL's settings, safetune's speed paths): the same
                           arithmetic as ``trl_plain_bf16``.
 
@@ -96,6 +99,8 @@ VARIANTS = [
     "safetune_compiled_bf16",
     "safetune_compiled_model_bf16",
     "safetune_top10_compiled_bf16",
+    "safetune_attnbf16_bf16",
+    "safetune_top10_compiled_attnbf16_bf16",
     # trainer.keep_freed_pages=false (glibc's default allocator behaviour); trl_plain_malloc: the plain TRL script
     # with safetune's allocator setting (what trainer.keep_freed_pages=true does)
     "safetune_default_nokeep",
@@ -398,6 +403,14 @@ def run_variant(name: str, a: argparse.Namespace, model: str, data_file: str, wo
                 f"peft.target_modules=[{','.join(LINEAR)}]",
             ],
             "safetune_bf16": ["trainer.bf16=null"],
+            "safetune_attnbf16_bf16": ["trainer.bf16=null", "trainer.cpu_attention_fp32=false"],
+            "safetune_top10_compiled_attnbf16_bf16": [
+                "trainer.bf16=null",
+                "trainer.cpu_attention_fp32=false",
+                "trainer.compile=regions",
+                "peft.top_layers=10",
+                f"peft.target_modules=[{','.join(LINEAR)}]",
+            ],
             "safetune_autocast_bf16": ["trainer.bf16=null", "trainer.cast_frozen_weights=false"],
             "safetune_top10_bf16": [
                 "trainer.bf16=null",

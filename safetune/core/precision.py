@@ -171,3 +171,43 @@ def weights_in(model: Any, precision: Precision, *, frozen_only: bool = True) ->
     finally:
         for module, name, p in reversed(saved):
             setattr(module, name, p)
+
+
+def _sdpa_in_fp32(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    """transformers' SDPA attention, run in fp32 (autocast off) when called under CPU autocast."""
+    inner = _ATTENTION_SAVED["sdpa"]
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.dtype.is_floating_point:
+        attention_mask = attention_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        return inner(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+
+_ATTENTION_SAVED: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def cpu_attention_in_fp32(enabled: bool = True) -> Iterator[bool]:
+    """Run transformers' ``sdpa`` attention in fp32 under CPU autocast while the block runs (yields whether it applied).
+
+    Under CPU bf16 autocast the rotary embedding leaves queries and keys in fp32 and SDPA casts them to bf16 itself;
+    its bf16 kernels are the slow ones on CPU (fused backward ~2.4x fp32's at the demo's shapes; attention is a small
+    share of the FLOPs), so the attention runs faster in fp32 — and rounds less. Other devices, and calls outside
+    autocast, take the plain path. ``trainer.cpu_attention_fp32`` (benchmarks/README.md)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as table
+
+    if not enabled or "sdpa" in _ATTENTION_SAVED:  # off, or already held by an outer block
+        yield bool(enabled)
+        return
+    local = "sdpa" in table._local_mapping
+    _ATTENTION_SAVED["sdpa"] = table["sdpa"]
+    table["sdpa"] = _sdpa_in_fp32
+    try:
+        yield True
+    finally:
+        if local:
+            table["sdpa"] = _ATTENTION_SAVED["sdpa"]
+        else:
+            del table["sdpa"]
+        del _ATTENTION_SAVED["sdpa"]

@@ -53,6 +53,11 @@ SAFETUNE_TRAINER_OPTIONS: dict[str, str] = {
     "cast_frozen_weights": "Under bf16/fp16 autocast, hold the frozen linear weights (a LoRA run's whole base model) in "
     "that dtype for the reference pass and training, instead of autocast re-casting them at every op; adapters and "
     "optimizer state stay fp32. Same log-probs and losses as plain autocast (core/precision.py: weights_in).",
+    "cpu_attention_fp32": "Under bf16/fp16 autocast on CPU, run the attention (transformers' sdpa) in fp32: its bf16 "
+    "CPU kernels are slower than fp32's at these shapes (backward ~2.4x), and it rounds less (1.11x the eager bf16 "
+    "run in bench_train). Eager runs only: with trainer.compile the compiled steps were no faster and compiling took "
+    "longer, so it is left off there. No effect on other devices or without autocast; the reference cache keys on "
+    "it (core/precision.py: cpu_attention_in_fp32).",
     "compile": "torch.compile the model before training: null (eager), 'regions' (each decoder layer; seconds to "
     "compile, one graph shared by the layers) or 'model' (the whole forward; more fusion, minutes to compile, "
     "recompiles on new shapes). Falls back to eager with a warning when compile is unavailable or fails "
@@ -79,7 +84,8 @@ def safetune_trainer_options(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     n = out.get("max_completion_length")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"trainer.max_completion_length must be a positive integer or null; got {n!r}.")
-    for name in ("pack_sequences", "share_prompt", "share_frozen_trunk", "cast_frozen_weights", "keep_freed_pages"):
+    flags = ("pack_sequences", "share_prompt", "share_frozen_trunk", "cast_frozen_weights", "cpu_attention_fp32")
+    for name in (*flags, "keep_freed_pages"):
         flag = out.get(name)
         if flag is not None and not isinstance(flag, bool):
             raise ConfigError(f"trainer.{name} must be true or false; got {flag!r}.")

@@ -213,6 +213,9 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path) -> tuple[Any,
     if data.eval_ds is None:
         args.eval_strategy = "no"
     precision = training_label(args.bf16, args.fp16)
+    eager = not trainer_cfg.get("compile")
+    if precision != "fp32" and trainer_cfg.get("cpu_attention_fp32") and eager and args.device.type == "cpu":
+        precision += "+fp32-attention"  # the reference pass's log-probs differ (a little) with it
     ref_cache = build_ref_cache(
         cfg.get("ref_cache"),
         model_spec={**to_plain(cfg.model), "load_in_4bit": spec.load_in_4bit},

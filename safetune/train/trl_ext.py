@@ -17,6 +17,7 @@ trainer is built and names the one that moved when the installed TRL differs:
 - ``trl.trainer.utils._use_triton``: the switch TRL uses to score completion positions only;
 - ``TOKEN_CHUNK_SIZE`` / ``_CHUNKED_LOGPROB_CHUNK_SIZE``: CPU tiles of the fused LM head (:func:`cpu_logprob_tiles`);
 - ``trl.trainer.dpo_trainer.hash_module``: the shared reference cache's key instead (:func:`reference_hash`).
+- transformers' ``sdpa`` attention function: fp32 under CPU autocast (``trainer.cpu_attention_fp32``; core/precision).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from safetune.core.compiling import compile_model
 from safetune.core.errors import EnvironmentProblem
-from safetune.core.precision import Precision, training_label, weights_in
+from safetune.core.precision import Precision, cpu_attention_in_fp32, training_label, weights_in
 from safetune.train.dpo_config import SanityCheck
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def make_trainer_class():
             share_frozen_trunk: bool | None = None,
             share_prompt: bool | None = None,
             cast_frozen_weights: bool | None = None,
+            cpu_attention_fp32: bool | None = None,
             compile: str | None = None,
             compile_options: dict[str, Any] | None = None,
             release_memory_every: int | None = None,
@@ -228,6 +230,7 @@ def make_trainer_class():
             self._safetune_ref_cache = ref_cache
             self._safetune_share_trunk = bool(share_frozen_trunk)
             self._safetune_cast_frozen = bool(cast_frozen_weights)
+            self._safetune_attention_fp32 = bool(cpu_attention_fp32) and not compile  # eager, CPU autocast only
             self._safetune_trunk = None  # a SharedTrunk when the reference is computed in-step (train/trunk.py)
             self._safetune_sanity = sanity
             self._safetune_checked = False
@@ -274,39 +277,36 @@ def make_trainer_class():
             if self._signature_columns is not None and col not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, col]  # keep it past remove_unused_columns
 
-        def _frozen_weights_held(self):
-            """``trainer.cast_frozen_weights``: the frozen linear weights in the autocast dtype for the block
-            (core/precision.py: same numbers as plain autocast). Not with FSDP/DeepSpeed, which own the parameters."""
-            args = self.args
+        def _held(self) -> contextlib.ExitStack:
+            """Around train / evaluate / the reference pass: the frozen linear weights in the autocast dtype
+            (``trainer.cast_frozen_weights``, core/precision.py; not with FSDP/DeepSpeed, which own the parameters),
+            cache-sized CPU LM-head tiles, fp32 attention under CPU autocast (``trainer.cpu_attention_fp32``)."""
+            args, stack = self.args, contextlib.ExitStack()
             dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
             owned = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
-            if not self._safetune_cast_frozen or dtype is None or owned:
-                return contextlib.nullcontext()
-            return weights_in(self.model, Precision(dtype, training_label(args.bf16, args.fp16)))
+            if self._safetune_cast_frozen and dtype is not None and not owned:
+                stack.enter_context(weights_in(self.model, Precision(dtype, training_label(args.bf16, args.fp16))))
+            stack.enter_context(cpu_logprob_tiles(self.accelerator.device))
+            stack.enter_context(cpu_attention_in_fp32(self._safetune_attention_fp32))
+            return stack
 
         def train(self, *args: Any, **kwargs: Any):
-            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
+            with self._held():
                 return super().train(*args, **kwargs)
 
         def evaluate(self, *args: Any, **kwargs: Any):
-            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
+            with self._held():
                 return super().evaluate(*args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-            with self._frozen_weights_held(), cpu_logprob_tiles(self.accelerator.device):
-                return self._precompute_ref_logps_held(dataset, name, batch_size)
-
-        def _precompute_ref_logps_held(self, dataset, name: str, batch_size: int):
             cache = self._safetune_ref_cache
             if name == "train" and self._safetune_share_trunk and self._choose_shared_trunk(dataset, cache):
                 return dataset  # no ref columns: _compute_loss computes them in each step
-
-            def compute(rows):
-                return self._length_sorted_ref_pass(rows, name, batch_size)
-
-            if cache is None:
-                return compute(dataset)
-            return cache.attach(dataset, name, compute, self.accelerator)
+            with self._held():
+                if cache is None:
+                    return self._length_sorted_ref_pass(dataset, name, batch_size)
+                compute = lambda rows: self._length_sorted_ref_pass(rows, name, batch_size)  # noqa: E731
+                return cache.attach(dataset, name, compute, self.accelerator)
 
         def _length_sorted_ref_pass(self, dataset, name: str, batch_size: int):
             """TRL's reference pass over the rows sorted longest-first (less padding), returned in dataset order."""
